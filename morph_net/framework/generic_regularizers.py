@@ -42,6 +42,37 @@ class NetworkRegularizer:
     return None
 
   @property
+  def traced_model(self):
+    """The traced Keras model, for regularizers built with `from_keras_model`."""
+    return getattr(self, '_traced_model', None)
+
+  @classmethod
+  def from_keras_model(cls, model, *args, input_shape=None, output_layers=None,
+                       input_layers=None, **kwargs):
+    """Builds this regularizer on a Keras 3 model, traced once.
+
+    Example:
+      reg = GammaFlopsRegularizer.from_keras_model(model, gamma_threshold=1e-2)
+
+    Args:
+      model: a Keras 3 model on the TensorFlow backend.
+      *args: this class's arguments after `output_boundary`.
+      input_shape: concrete input shape(s) with batch first; a None batch
+        becomes 1. Defaults to the model's declared input shape.
+      output_layers: layer names where crawling starts (default: the outputs).
+      input_layers: layer names not crossed nor regularized (default: none).
+      **kwargs: this class's other keyword arguments.
+
+    Returns:
+      The regularizer; `traced_model` holds the trace (op -> layer names).
+    """
+    # Imported here: the framework never imports keras at module import.
+    from morph_net.keras_integration import model_analysis  # pylint: disable=g-import-not-at-top
+    return model_analysis.build_network_regularizer(
+        cls, model, *args, input_shape=input_shape, output_layers=output_layers,
+        input_layers=input_layers, **kwargs)
+
+  @property
   def name(self) -> str:
     return ''
 

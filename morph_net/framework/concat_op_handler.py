@@ -1,0 +1,117 @@
+"""OpHandler for concatenation ops (`ConcatV2`).
+
+A concat along the channel axis stacks the channels of its inputs: channel `i`
+of the concat is one channel of exactly one input. The handler aligns the
+slices of the stacked inputs with the slices of the concat (and of its
+same-size passthrough consumers) and groups slice `i` of the concat with the
+`i`-th piece of the stacked inputs. A concat along any other axis keeps the
+channels of its inputs (which all have the same size) and is handled like an
+element-wise op.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from morph_net.framework import errors
+from morph_net.framework import grouping_op_handler
+from morph_net.framework import op_handler
+from morph_net.framework import op_handler_util
+
+
+class ConcatOpHandler(op_handler.OpHandler):
+  """OpHandler for `ConcatV2` ops."""
+
+  @property
+  def is_source_op(self) -> bool:
+    return False
+
+  @property
+  def is_passthrough(self) -> bool:
+    return True
+
+  def assign_grouping(self, op: tf.Operation, op_reg_manager) -> None:
+    """Groups the channels of a concat with the stacked channels of its inputs.
+
+    Args:
+      op: a `ConcatV2` op.
+      op_reg_manager: the `OpRegularizerManager` analysing the graph.
+
+    Raises:
+      UnsupportedOpError: the concat axis is not a constant.
+    """
+    concat_axis = _get_concat_op_axis(op)
+    rank = op.inputs[0].shape.rank
+    if concat_axis != -1 and (rank is None or concat_axis != rank - 1):
+      # Not a channel concat: every input has the op's channels, as for an
+      # element-wise op.
+      grouping_op_handler.GroupingOpHandler().assign_grouping(op, op_reg_manager)
+      return
+
+    # All inputs are stacked into the concat; ungrouped ones must be processed
+    # first.
+    input_ops = op_handler_util.get_input_ops(op, op_reg_manager)
+    input_ops_to_process = op_handler_util.get_ops_without_groups(
+        input_ops, op_reg_manager)
+
+    # Outputs: note the ungrouped ones before keeping passthrough ops only.
+    output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
+    output_ops_without_group = op_handler_util.get_ops_without_groups(
+        output_ops, op_reg_manager)
+    output_ops = op_handler_util.remove_non_passthrough_ops(
+        output_ops, op_reg_manager)
+    output_ops_to_group, output_ops_to_process = (
+        op_handler_util.separate_same_size_ops(op, output_ops))
+    for output_op in output_ops_without_group:
+      if output_op not in output_ops_to_process:
+        output_ops_to_process.append(output_op)
+
+    # Align the stacked input slices, the outputs and the concat itself.
+    input_op_slices, output_op_slices = _get_input_output_op_slices(
+        input_ops, output_ops_to_group, op_reg_manager)
+    aligned_op_slice_sizes = op_handler_util.get_aligned_op_slice_sizes(
+        op_reg_manager.get_op_slices(op), input_op_slices, output_op_slices)
+    op_handler_util.reslice_concat_ops(
+        input_ops, aligned_op_slice_sizes, op_reg_manager)
+    op_handler_util.reslice_ops(
+        output_ops_to_group + [op], aligned_op_slice_sizes, op_reg_manager)
+
+    # Reslicing replaced OpSlices: read them again before grouping.
+    input_op_slices, output_op_slices = _get_input_output_op_slices(
+        input_ops, output_ops_to_group, op_reg_manager)
+    op_handler_util.group_aligned_input_output_slices(
+        op, input_ops_to_process, output_ops_to_process, input_op_slices,
+        output_op_slices, aligned_op_slice_sizes, op_reg_manager)
+
+  def create_regularizer(self, op_slice):
+    raise NotImplementedError('Not a source op.')
+
+
+def _get_input_output_op_slices(input_ops, output_ops, op_reg_manager):
+  """Returns ([stacked input slices], [slices of each output op])."""
+  input_op_slices = op_handler_util.get_concat_input_op_slices(
+      input_ops, op_reg_manager)
+  output_op_slices = op_handler_util.get_op_slices(output_ops, op_reg_manager)
+  return input_op_slices, output_op_slices
+
+
+def _get_concat_op_axis(op: tf.Operation) -> int:
+  """Returns the concat axis of `op`, read from its last input (a constant).
+
+  Args:
+    op: a `ConcatV2` op.
+
+  Returns:
+    The axis as given to the op (it may be negative, e.g. -1).
+
+  Raises:
+    UnsupportedOpError: the axis is not a compile-time constant.
+  """
+  axis_tensor = op.inputs[-1]
+  value = tf.get_static_value(axis_tensor)
+  if value is None:
+    raise errors.UnsupportedOpError(
+        op.name, op.type,
+        f'The concat axis must be a constant, but it is computed by op '
+        f'{axis_tensor.op.name!r} ({axis_tensor.op.type}).')
+  return int(value.reshape(-1)[0]) if hasattr(value, 'reshape') else int(value)

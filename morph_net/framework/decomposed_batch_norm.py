@@ -1,0 +1,102 @@
+"""Recognises batch normalization lowered to element-wise ops.
+
+Keras 3 `BatchNormalization` (and `tf.nn.batch_normalization`) emit no
+`FusedBatchNorm*` op. In inference mode the layer computes
+
+    scale  = Mul(Rsqrt(AddV2(variance, epsilon)), gamma)     # shape [C]
+    y      = Mul(x, scale)                                    # the source op
+    output = AddV2(y, Sub(beta, Mul(mean, scale)))            # (or Neg/Mul form)
+
+possibly with `Cast` ops around vectors and activations (mixed precision) and
+`Identity` ops in between. The `Mul(x, scale)` op carries the normalized
+channels; MorphNet treats it as the gamma source of the layer, exactly as the
+fused op is treated: the op is grouped with its input (the convolution) and its
+consumers, and its regularizer is `GammaL1Regularizer(gamma)`.
+
+Without a gamma (`scale=False`) the layer computes `Mul(x, Rsqrt(...))`; such
+ops are recognised too (`match_unscaled`) so that callers can warn: there is
+no variable to regularize, the channels are costed as always alive.
+
+Only channels-last normalization is recognised: a gamma reshaped to
+`[1, C, 1, 1]` (channels-first) has rank > 1 and does not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import tensorflow as tf
+
+_TRANSPARENT_TYPES = ('Cast', 'Identity')
+
+
+def _skip(tensor: tf.Tensor) -> tf.Tensor:
+  while tensor.op.type in _TRANSPARENT_TYPES and tensor.op.inputs:
+    tensor = tensor.op.inputs[0]
+  return tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class DecomposedBatchNorm:
+  """A matched batch normalization.
+
+  Attributes:
+    op: the `Mul(x, scale)` op (the source op).
+    activation_index: index of `x` among `op.inputs`.
+    gamma: the gamma tensor (typically a `ReadVariableOp` output).
+    scale_op: the `Mul(rsqrt, gamma)` op.
+  """
+  op: tf.Operation
+  activation_index: int
+  gamma: tf.Tensor
+  scale_op: tf.Operation
+
+
+def _is_activation_for(x: tf.Tensor, channels: Optional[int]) -> bool:
+  rank = x.shape.rank
+  if rank is None or rank < 2:
+    return False
+  return channels is not None and x.shape[-1] == channels
+
+
+def _gamma_of_scale(scale: tf.Tensor) -> Optional[tf.Tensor]:
+  """If `scale` is `Mul(Rsqrt(.), gamma)` (either order), returns gamma."""
+  scale = _skip(scale)
+  if scale.op.type != 'Mul' or len(scale.op.inputs) != 2:
+    return None
+  a, b = (_skip(t) for t in scale.op.inputs)
+  for rsqrt, gamma in ((a, b), (b, a)):
+    if rsqrt.op.type == 'Rsqrt' and gamma.op.type != 'Rsqrt':
+      if gamma.shape.rank == 1:
+        return gamma
+  return None
+
+
+def match(op: tf.Operation) -> Optional[DecomposedBatchNorm]:
+  """Returns the match if `op` is the `Mul(x, scale)` of a batch norm with gamma."""
+  if op.type != 'Mul' or len(op.inputs) != 2:
+    return None
+  for scale_index in (1, 0):
+    gamma = _gamma_of_scale(op.inputs[scale_index])
+    if gamma is None:
+      continue
+    x = op.inputs[1 - scale_index]
+    if _is_activation_for(x, gamma.shape[0]):
+      return DecomposedBatchNorm(
+          op=op, activation_index=1 - scale_index, gamma=gamma,
+          scale_op=_skip(op.inputs[scale_index]).op)
+  return None
+
+
+def match_unscaled(op: tf.Operation) -> bool:
+  """True if `op` is `Mul(x, Rsqrt(.))`: a batch norm without gamma (scale=False)."""
+  if op.type != 'Mul' or len(op.inputs) != 2:
+    return False
+  for index in (0, 1):
+    rsqrt = _skip(op.inputs[index])
+    x = op.inputs[1 - index]
+    if rsqrt.op.type == 'Rsqrt' and rsqrt.shape.rank == 1 and _is_activation_for(
+        x, rsqrt.shape[0]):
+      return True
+  return False

@@ -1,0 +1,61 @@
+"""Default op handler dictionaries (op type -> OpHandler).
+
+The dictionaries are `OpHandlerDict`s: drop-ins for the original's
+`collections.defaultdict(GroupingOpHandler, ...)` that also register the op
+types known to preserve channels explicitly, so that a genuinely unknown op
+type is handled by the dict's documented policy (treated as channel-preserving
+with a warning, or rejected). Each call returns a fresh dict with fresh
+handler instances, which callers may extend with `register`.
+"""
+
+from __future__ import annotations
+
+from morph_net.framework import concat_op_handler
+from morph_net.framework import depthwise_convolution_op_handler
+from morph_net.framework import grouping_op_handler
+from morph_net.framework import leaf_op_handler
+from morph_net.framework import op_handler_registry
+from morph_net.framework import output_non_passthrough_op_handler
+
+RESIZE_OP_NAMES = [
+    'ResizeArea', 'ResizeBicubic', 'ResizeBilinear', 'ResizeNearestNeighbor'
+]
+
+
+def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
+  """Returns the handlers shared by every regularizer (name kept from the original).
+
+  Returns:
+    A new `OpHandlerDict` whose unknown op types get a `GroupingOpHandler`.
+  """
+  handlers = op_handler_registry.OpHandlerDict()
+  for op_type in op_handler_registry.CHANNEL_PRESERVING_OP_TYPES:
+    handlers[op_type] = grouping_op_handler.GroupingOpHandler()
+  handlers['ConcatV2'] = concat_op_handler.ConcatOpHandler()
+  for op_type in ('DepthToSpace', 'ExpandDims', 'Transpose'):
+    handlers[op_type] = output_non_passthrough_op_handler.OutputNonPassthroughOpHandler()
+  handlers['DepthwiseConv2dNative'] = (
+      depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler())
+  for op_type in ('RandomUniform', 'Reshape', 'Shape', 'SpaceToDepth',
+                  'StridedSlice', 'TensorArrayGatherV3'):
+    handlers[op_type] = leaf_op_handler.LeafOpHandler()
+  for op_type in RESIZE_OP_NAMES:
+    # Only input 0 carries channels; input 1 is the target size.
+    handlers[op_type] = grouping_op_handler.GroupingOpHandler([0])
+  return handlers
+
+
+def get_gamma_op_handler_dict() -> op_handler_registry.OpHandlerDict:
+  """Returns the base handlers plus convolutions and MatMul as non-passthrough.
+
+  Gamma regularizers add their batch norm source handlers to it.
+  """
+  handlers = _get_base_op_hander_dicts()
+  for op_type in ('Conv3D', 'Conv2D', 'MatMul', 'Conv2DBackpropInput'):
+    handlers[op_type] = output_non_passthrough_op_handler.OutputNonPassthroughOpHandler()
+  return handlers
+
+
+def get_group_lasso_op_handler_dict() -> op_handler_registry.OpHandlerDict:
+  """Returns the base handlers; group-lasso callers add their source handlers."""
+  return _get_base_op_hander_dicts()

@@ -1,0 +1,104 @@
+"""Tests for the default op handler dictionaries (spec 1.7 and 8.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from morph_net.framework import batch_norm_source_op_handler
+from morph_net.framework import concat_op_handler
+from morph_net.framework import depthwise_convolution_op_handler
+from morph_net.framework import grouping_op_handler
+from morph_net.framework import leaf_op_handler
+from morph_net.framework import op_handler_registry
+from morph_net.framework import op_handlers
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.framework import output_non_passthrough_op_handler as onp
+from tests import graph_modes
+
+_DICT_FUNCTIONS = [op_handlers.get_gamma_op_handler_dict,
+                   op_handlers.get_group_lasso_op_handler_dict,
+                   op_handlers._get_base_op_hander_dicts]
+
+
+def test_gamma_and_group_lasso_keys():
+  gamma = op_handlers.get_gamma_op_handler_dict()
+  group_lasso = op_handlers.get_group_lasso_op_handler_dict()
+  assert 'Conv2D' in gamma
+  assert 'MatMul' in gamma
+  assert 'Conv2D' not in group_lasso
+  assert 'MatMul' not in group_lasso
+  assert set(group_lasso) < set(gamma)
+  for op_type in ('Conv3D', 'Conv2D', 'MatMul', 'Conv2DBackpropInput'):
+    assert type(gamma[op_type]) is onp.OutputNonPassthroughOpHandler
+
+
+def test_resize_op_names():
+  assert op_handlers.RESIZE_OP_NAMES == [
+      'ResizeArea', 'ResizeBicubic', 'ResizeBilinear', 'ResizeNearestNeighbor']
+
+
+@pytest.mark.parametrize('get_dict', _DICT_FUNCTIONS)
+def test_base_handlers(get_dict):
+  handlers = get_dict()
+  assert isinstance(handlers, op_handler_registry.OpHandlerDict)
+  assert handlers.default_factory is grouping_op_handler.GroupingOpHandler
+  assert handlers.unknown_op_policy == 'group'
+  assert type(handlers['ConcatV2']) is concat_op_handler.ConcatOpHandler
+  assert type(handlers['DepthwiseConv2dNative']) is (
+      depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler)
+  for op_type in ('DepthToSpace', 'ExpandDims', 'Transpose'):
+    assert type(handlers[op_type]) is onp.OutputNonPassthroughOpHandler
+  for op_type in ('RandomUniform', 'Reshape', 'Shape', 'SpaceToDepth', 'StridedSlice',
+                  'TensorArrayGatherV3'):
+    assert type(handlers[op_type]) is leaf_op_handler.LeafOpHandler
+  for op_type in op_handlers.RESIZE_OP_NAMES:
+    assert type(handlers[op_type]) is grouping_op_handler.GroupingOpHandler
+    assert handlers[op_type]._grouping_indices == [0]
+  for op_type in op_handler_registry.CHANNEL_PRESERVING_OP_TYPES:
+    assert type(handlers[op_type]) is grouping_op_handler.GroupingOpHandler, op_type
+    assert handlers[op_type]._grouping_indices is None
+  # None of these lookups was of an unknown type.
+  assert handlers.unknown_op_types == []
+
+
+@pytest.mark.parametrize('get_dict', _DICT_FUNCTIONS)
+def test_fresh_dicts_and_instances(get_dict):
+  first, second = get_dict(), get_dict()
+  assert first is not second
+  assert first['Relu'] is not second['Relu']
+  assert first['Relu'] is not first['Tanh']
+  first.register('Custom', leaf_op_handler.LeafOpHandler())
+  assert 'Custom' not in second
+
+
+def test_unknown_type_defaults_to_grouping():
+  handlers = op_handlers.get_gamma_op_handler_dict()
+  assert 'Softmax' not in handlers
+  handler = handlers['Softmax']
+  assert type(handler) is grouping_op_handler.GroupingOpHandler
+  assert handlers['Softmax'] is handler
+  assert handlers.unknown_op_types == ['Softmax']
+
+
+def test_resize_groups_with_image_input_only(mode):
+  def net(image, var):
+    with tf.name_scope('conv'):
+      x = tf.nn.conv2d(image, var('w', np.ones([1, 1, 3, 4])), 1, 'SAME')
+      x, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          x, var('gamma', np.ones(4)), var('beta', np.zeros(4)), is_training=True)
+    size = tf.identity(tf.constant([8, 8]), name='size')
+    return tf.compat.v1.image.resize_bilinear(x, size, name='resize')
+
+  built = graph_modes.build(mode, net, [1, 4, 4, 3])
+  handlers = op_handlers.get_gamma_op_handler_dict()
+  handlers.register('FusedBatchNormV3',
+                    batch_norm_source_op_handler.BatchNormSourceOpHandler(0.1))
+  manager = orm.OpRegularizerManager([built.op('resize')], handlers)
+  resize = built.op('resize')
+  assert resize.type == 'ResizeBilinear'
+  group = manager.get_op_group(manager.get_op_slices(resize)[0])
+  assert manager.get_op_group(manager.get_op_slices(built.op('conv/Conv2D'))[0]) is group
+  # The 2-element size input (input 1) is neither grouped nor processed.
+  assert built.op('size') not in manager.ops
