@@ -17,8 +17,13 @@ Without a gamma (`scale=False`) the layer computes `Mul(x, Rsqrt(...))`; such
 ops are recognised too (`match_unscaled`) so that callers can warn: there is
 no variable to regularize, the channels are costed as always alive.
 
+When the normalized axis is spelled explicitly (e.g. `axis=3` on a 4-D input)
+Keras reshapes the moving statistics, gamma and beta to the broadcast shape
+`[1, 1, 1, C]` before combining them; such `Reshape`s are looked through.
+
 Only channels-last normalization is recognised: a gamma reshaped to
-`[1, C, 1, 1]` (channels-first) has rank > 1 and does not match.
+`[1, C, 1, 1]` (channels-first) is not a channels-last broadcast and does not
+match.
 """
 
 from __future__ import annotations
@@ -32,9 +37,28 @@ _TRANSPARENT_TYPES = ('Cast', 'Identity')
 
 
 def _skip(tensor: tf.Tensor) -> tf.Tensor:
-  while tensor.op.type in _TRANSPARENT_TYPES and tensor.op.inputs:
+  """Looks through `Cast`/`Identity` ops and channels-last broadcast reshapes."""
+  while tensor.op.inputs and (tensor.op.type in _TRANSPARENT_TYPES
+                              or _is_broadcast_reshape(tensor)):
     tensor = tensor.op.inputs[0]
   return tensor
+
+
+def _is_broadcast_reshape(tensor: tf.Tensor) -> bool:
+  """True for `Reshape(v, [1, ..., 1, C])` of a vector `v` of length C."""
+  if tensor.op.type != 'Reshape':
+    return False
+  source = tensor.op.inputs[0]
+  return (source.shape.rank == 1 and source.shape[0] is not None
+          and _is_channel_vector(tensor, source.shape[0]))
+
+
+def _is_channel_vector(tensor: tf.Tensor, channels: Optional[int]) -> bool:
+  """True if `tensor` has shape `[C]` or `[1, ..., 1, C]` with C = `channels`."""
+  shape = tensor.shape
+  if channels is None or shape.rank is None or shape.rank < 1:
+    return False
+  return shape[-1] == channels and all(d == 1 for d in shape[:-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +78,12 @@ class DecomposedBatchNorm:
 
 
 def _is_activation_for(x: tf.Tensor, channels: Optional[int]) -> bool:
-  rank = x.shape.rank
+  """True if `x` is an activation with `channels` channels, not a statistic.
+
+  A moving mean or gamma broadcast to `[1, ..., 1, C]` (explicit `axis`) is
+  looked through first, so it is seen as the vector it is.
+  """
+  rank = _skip(x).shape.rank
   if rank is None or rank < 2:
     return False
   return channels is not None and x.shape[-1] == channels
@@ -96,7 +125,9 @@ def match_unscaled(op: tf.Operation) -> bool:
   for index in (0, 1):
     rsqrt = _skip(op.inputs[index])
     x = op.inputs[1 - index]
-    if rsqrt.op.type == 'Rsqrt' and rsqrt.shape.rank == 1 and _is_activation_for(
-        x, rsqrt.shape[0]):
+    if rsqrt.op.type != 'Rsqrt' or rsqrt.shape.rank is None or rsqrt.shape.rank < 1:
+      continue
+    channels = rsqrt.shape[-1]
+    if _is_channel_vector(rsqrt, channels) and _is_activation_for(x, channels):
       return True
   return False

@@ -146,6 +146,7 @@ class OpRegularizerManager:
     self._op_slice_dict: Dict[tf.Operation, List[OpSlice]] = {}
     self._op_group_dict: Dict[OpSlice, OpGroup] = {}
     self._op_handler_dict = op_handler_dict if op_handler_dict is not None else {}
+    self._concat_regularizer_cache = {}
     self._op_regularizer_dict: Dict[OpSlice, Any] = {}
     self._op_deque = collections.deque()
     self._all_ops = set()
@@ -243,14 +244,20 @@ class OpRegularizerManager:
           'the regexes.')
 
   def _get_handler(self, op: tf.Operation) -> Any:
-    """Returns the handler for `op.type`, or raises UnsupportedOpError."""
+    """Returns the handler for `op`, or raises UnsupportedOpError.
+
+    Handlers are registered per op type. A handler may decide per op (e.g. a
+    `Mul` that is a decomposed batch norm vs. a plain product) by defining
+    `handler_for_op(op)`, which then returns the handler to use.
+    """
     try:
-      return self._op_handler_dict[op.type]
+      handler = self._op_handler_dict[op.type]
     except KeyError:
       raise errors.UnsupportedOpError(
           op.name, op.type,
           'MorphNet has no op handler for this op type, and the op must be '
           'grouped with its neighbours.') from None
+    return _dispatch(handler, op)
 
   def _dfs_for_source_ops(self, output_boundary: Sequence[tf.Operation],
                           input_boundary: Optional[Iterable[tf.Operation]] = None
@@ -290,7 +297,7 @@ class OpRegularizerManager:
     grouped (e.g. shape computations).
     """
     handler = self._op_handler_dict.get(op.type)
-    return handler is not None and bool(handler.is_source_op)
+    return handler is not None and bool(_dispatch(handler, op).is_source_op)
 
   @property
   def ops(self):
@@ -321,7 +328,15 @@ class OpRegularizerManager:
         regularizers[index] = regularizer
     if len(regularizers) == 1:
       return regularizers[0]
-    return concat_and_slice_regularizers.ConcatRegularizer(regularizers)
+    # Same member objects -> same ConcatRegularizer: costs read every op's
+    # regularizer at every evaluation, so building one per read would be waste.
+    key = tuple(id(r) for r in regularizers)
+    cached = self._concat_regularizer_cache.get(op)
+    if cached is not None and cached[0] == key:
+      return cached[1]
+    concat = concat_and_slice_regularizers.ConcatRegularizer(regularizers)
+    self._concat_regularizer_cache[op] = (key, concat)
+    return concat
 
   def create_op_group_for_op_slice(self, op_slice: OpSlice,
                                    is_source: bool = True) -> OpGroup:
@@ -575,3 +590,9 @@ def _check_boundary(boundary: Any, name: str, allow_empty: bool) -> List[tf.Oper
         f'{name} must contain tf.Operation objects. Received: {item!r} of type '
         f'{type(item).__name__}; pass e.g. [logits.op].')
   return boundary
+
+
+def _dispatch(handler: Any, op: tf.Operation) -> Any:
+  """The handler to use for `op`: `handler.handler_for_op(op)` if defined."""
+  handler_for_op = getattr(handler, 'handler_for_op', None)
+  return handler_for_op(op) if handler_for_op is not None else handler

@@ -1,0 +1,1 @@
+"""Keras 3 integration: the only morph_net package that imports keras."""

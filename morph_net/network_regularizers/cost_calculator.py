@@ -1,0 +1,175 @@
+"""Sums a resource function over the ops of a network.
+
+`CostCalculator(op_regularizer_manager, resource_function)` evaluates, for every
+costed op, `resource_function(op, is_regularization, A_in, A_out, R_in, R_out)`
+where A_in / A_out are the numbers of alive input / output channels and R_in /
+R_out the sums of the input / output regularization vectors. The input channels
+of an op are those of the tensor feeding it (`get_input_activation`), usually
+the previous layer's activation: this is what couples a layer's regularizer
+with that of the layer before it.
+
+Only op types in `SUPPORTED_OPS` are costed; every other op (pooling, reshapes,
+biases, ...) is skipped, as in the original library: it has no FLOPs or weights
+of its own, and for latency its memory traffic is not counted.
+
+The calculator is lazy like the regularizers it reads: every call builds its
+tensors in the context it is called in (a `tf.compat.v1` graph, an eager step or
+a `tf.function`), reading the regularizers' vectors at that moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from absl import logging
+import tensorflow as tf
+
+CONV2D_OPS = ('Conv2D', 'Conv2DBackpropInput', 'DepthwiseConv2dNative')
+CONV3D_OPS = ('Conv3D',)
+CONV_OPS = CONV2D_OPS + CONV3D_OPS
+FLOP_OPS = CONV_OPS + ('MatMul',)
+SUPPORTED_OPS = FLOP_OPS + (
+    'Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm', 'FusedBatchNormV2',
+    'FusedBatchNormV3', 'Mul', 'Relu', 'Relu6', 'Sum')
+
+
+class CostCalculator:
+  """Computes the cost (or its regularization term) of the ops of a network.
+
+  Args:
+    op_regularizer_manager: The `OpRegularizerManager` of the network.
+    resource_function: A function
+      `(op, is_regularization, num_alive_inputs, num_alive_outputs,
+      reg_inputs, reg_outputs)` returning the cost or the regularization term
+      of one op, e.g. `resource_function.flop_function`.
+  """
+
+  def __init__(self, op_regularizer_manager,
+               resource_function: Callable[..., Any]):
+    self._manager = op_regularizer_manager
+    self._resource_function = resource_function
+
+  def get_cost(self, ops: Optional[Sequence[tf.Operation]] = None):
+    """Returns the cost of `ops` if only their alive channels were kept.
+
+    Args:
+      ops: The ops to cost. None or an empty list means all the ops of the
+        manager.
+
+    Returns:
+      A float32 scalar tensor of the current context, or the Python float
+      0.0 if no op is supported.
+    """
+    return self._get_cost_or_regularization_term(False, ops)
+
+  def get_regularization_term(self,
+                              ops: Optional[Sequence[tf.Operation]] = None):
+    """Returns the regularization term of `ops` (differentiable in the vectors).
+
+    Args:
+      ops: The ops to regularize. None or an empty list means all the ops of
+        the manager.
+
+    Returns:
+      A float32 scalar tensor of the current context, or the Python float
+      0.0 if no op is supported.
+    """
+    return self._get_cost_or_regularization_term(True, ops)
+
+  def _get_cost_or_regularization_term(self, is_regularization, ops):
+    if not ops:
+      # A set: sort by name so that the sum is built in a reproducible order.
+      ops = sorted(self._manager.ops, key=lambda op: op.name)
+    # Within one call every tensor belongs to the same context, so the counts
+    # of a regularizer shared by several ops (a group) can be reused.
+    alive_counts = {}
+    reg_sums = {}
+    total = 0.0
+    found_supported_op = False
+    for op in ops:
+      if op.type not in SUPPORTED_OPS:
+        continue
+      found_supported_op = True
+      if op.type == 'ConcatV2':
+        # The inputs and the output of a concat carry the same regularizer.
+        input_tensor = op.outputs[0]
+      else:
+        input_tensor = get_input_activation(op)
+      input_regularizer = self._manager.get_regularizer(input_tensor.op)
+      output_regularizer = self._manager.get_regularizer(op)
+      num_alive_inputs = _count_alive(input_tensor, input_regularizer,
+                                      alive_counts)
+      num_alive_outputs = _count_alive(op.outputs[0], output_regularizer,
+                                       alive_counts)
+      reg_inputs = _sum_regularization(input_regularizer, reg_sums)
+      reg_outputs = _sum_regularization(output_regularizer, reg_sums)
+      total += self._resource_function(
+          op, is_regularization, num_alive_inputs, num_alive_outputs,
+          reg_inputs, reg_outputs)
+    if not found_supported_op:
+      logging.warning('No supported ops found.')
+      return 0.0
+    if not tf.is_tensor(total):
+      # E.g. ops none of which has a regularizer, whose coefficients are
+      # static: the sum is a number; return a tensor as for any other sum.
+      total = tf.constant(float(total), tf.float32)
+    return total
+
+
+def get_input_activation(op: tf.Operation) -> tf.Tensor:
+  """Returns the input activation of `op` (the tensor its input channels are in).
+
+  `inputs[2]` for `Conv2DBackpropInput`, `inputs[0]` for every other
+  supported op type.
+
+  Args:
+    op: An op whose type is in `SUPPORTED_OPS`.
+
+  Raises:
+    ValueError: The op type is not supported, or `op` is a `MatMul` with a
+      transposed operand.
+  """
+  if op.type not in SUPPORTED_OPS:
+    raise ValueError(
+        f'Op type {op.type} is not supported. Received: op {op.name!r} of '
+        f'type {op.type!r}; supported types are {list(SUPPORTED_OPS)}.')
+  if op.type == 'Conv2DBackpropInput':
+    return op.inputs[2]
+  if op.type == 'MatMul' and (op.get_attr('transpose_a') or
+                              op.get_attr('transpose_b')):
+    raise ValueError(
+        'MatMul with transposition is not yet supported. Received: op '
+        f'{op.name!r} with transpose_a={op.get_attr("transpose_a")}, '
+        f'transpose_b={op.get_attr("transpose_b")}. Compute the product '
+        'without transposition, e.g. with a transposed copy of the weights.')
+  return op.inputs[0]
+
+
+def _count_alive(tensor: tf.Tensor, regularizer, cache):
+  """Number of alive channels of `tensor`, as a float32 scalar tensor.
+
+  The sum of the regularizer's alive vector; without a regularizer, the static
+  channel count of `tensor` (0 if unknown).
+  """
+  if regularizer is None:
+    channels = tensor.shape[-1] if tensor.shape.rank else None
+    if channels is None:
+      logging.info('Unknown number of channels for tensor %s; counted as 0.',
+                   tensor.name)
+      channels = 0
+    return tf.constant(float(channels), tf.float32)
+  key = id(regularizer)
+  if key not in cache:
+    cache[key] = (regularizer, tf.reduce_sum(
+        tf.cast(regularizer.alive_vector, tf.float32)))
+  return cache[key][1]
+
+
+def _sum_regularization(regularizer, cache):
+  """Sum of the regularizer's regularization vector; 0.0 without a regularizer."""
+  if regularizer is None:
+    return 0.0
+  key = id(regularizer)
+  if key not in cache:
+    cache[key] = (regularizer, tf.reduce_sum(regularizer.regularization_vector))
+  return cache[key][1]

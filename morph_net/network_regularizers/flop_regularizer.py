@@ -1,0 +1,224 @@
+"""Network regularizers that target FLOPs.
+
+`GammaFlopsRegularizer` regularizes the gammas of batch norms (fused batch-norm
+ops are the sources); `GroupLassoFlopsRegularizer` regularizes the group-lasso
+norms of convolution and matmul weights. Both weigh every channel by the FLOPs
+it costs (`resource_function.flop_function`).
+
+Example (graph mode):
+  network_regularizer = GammaFlopsRegularizer([logits.op], gamma_threshold=1e-3)
+  loss += strength * network_regularizer.get_regularization_term()
+  flops = network_regularizer.get_cost()
+
+This module also holds the helpers that build the op-handler dictionaries of
+the Gamma and GroupLasso families and check their arguments; the model-size,
+latency and activation-count regularizers use them too.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import tensorflow as tf
+
+from morph_net.framework import batch_norm_source_op_handler
+from morph_net.framework import conv2d_transpose_source_op_handler
+from morph_net.framework import conv_source_op_handler
+from morph_net.framework import decomposed_batch_norm_source_op_handler
+from morph_net.framework import generic_regularizers
+from morph_net.framework import matmul_source_op_handler
+from morph_net.framework import op_handler_decorator
+from morph_net.framework import op_handlers
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import resource_function
+
+_BATCH_NORM_OP_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
+# Op types whose weights are group-lasso sources, and their handler classes.
+_GROUP_LASSO_SOURCES = {
+    'Conv2D': conv_source_op_handler.ConvSourceOpHandler,
+    'Conv3D': conv_source_op_handler.ConvSourceOpHandler,
+    'Conv2DBackpropInput':
+        conv2d_transpose_source_op_handler.Conv2DTransposeSourceOpHandler,
+    'MatMul': matmul_source_op_handler.MatMulSourceOpHandler,
+}
+
+
+class GammaFlopsRegularizer(generic_regularizers.NetworkRegularizer):
+  """A NetworkRegularizer that targets FLOPs using batch-norm gammas.
+
+  Args:
+    output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
+    gamma_threshold: A channel is alive iff `|gamma| > gamma_threshold`.
+    regularizer_decorator: An `OpRegularizer` class applied to every
+      regularizer created (e.g. to scale it). None means no decoration.
+    decorator_parameters: Keyword arguments for `regularizer_decorator`.
+    input_boundary: Ops at which the analysis stops (not regularized).
+    force_group: List of regexes; the ops matching one regex are grouped.
+    regularizer_blacklist: List of regexes; matching groups are not
+      regularized.
+
+  Raises:
+    ValueError: `gamma_threshold` is negative.
+  """
+
+  def __init__(
+      self,
+      output_boundary: Sequence[tf.Operation],
+      gamma_threshold: float,
+      regularizer_decorator: Optional[Callable[..., Any]] = None,
+      decorator_parameters: Optional[Mapping[str, Any]] = None,
+      input_boundary: Optional[Sequence[tf.Operation]] = None,
+      force_group: Optional[Sequence[str]] = None,
+      regularizer_blacklist: Optional[Sequence[str]] = None):
+    _check_threshold('gamma_threshold', gamma_threshold)
+    self._manager = orm.OpRegularizerManager(
+        output_boundary,
+        _gamma_op_handler_dict(gamma_threshold, regularizer_decorator,
+                               decorator_parameters),
+        input_boundary=input_boundary,
+        force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist)
+    self._calculator = cost_calculator.CostCalculator(
+        self._manager, resource_function.flop_function)
+
+  def get_regularization_term(self, ops=None):
+    return self._calculator.get_regularization_term(ops)
+
+  def get_cost(self, ops=None):
+    return self._calculator.get_cost(ops)
+
+  @property
+  def op_regularizer_manager(self):
+    return self._manager
+
+  @property
+  def name(self) -> str:
+    return 'GammaFlops'
+
+  @property
+  def cost_name(self) -> str:
+    return 'FLOPs'
+
+
+class GroupLassoFlopsRegularizer(generic_regularizers.NetworkRegularizer):
+  """A NetworkRegularizer that targets FLOPs using group lasso on the weights.
+
+  The weights of `Conv2D`, `Conv3D`, `Conv2DBackpropInput` and `MatMul` ops
+  are the sources.
+
+  Args:
+    output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
+    threshold: A channel is alive iff its group-lasso norm is `> threshold`.
+    l1_fraction: Weight of the L1 term of the norm, in [0, 1]. Defaults to 0.
+    regularizer_decorator: An `OpRegularizer` class applied to every
+      regularizer created. None means no decoration.
+    decorator_parameters: Keyword arguments for `regularizer_decorator`.
+    input_boundary: Ops at which the analysis stops (not regularized).
+    force_group: List of regexes; the ops matching one regex are grouped.
+    regularizer_blacklist: List of regexes; matching groups are not
+      regularized.
+
+  Raises:
+    ValueError: `threshold` is negative or `l1_fraction` is outside [0, 1].
+  """
+
+  def __init__(
+      self,
+      output_boundary: Sequence[tf.Operation],
+      threshold: float,
+      l1_fraction: float = 0,
+      regularizer_decorator: Optional[Callable[..., Any]] = None,
+      decorator_parameters: Optional[Mapping[str, Any]] = None,
+      input_boundary: Optional[Sequence[tf.Operation]] = None,
+      force_group: Optional[Sequence[str]] = None,
+      regularizer_blacklist: Optional[Sequence[str]] = None):
+    _check_threshold('threshold', threshold)
+    _check_l1_fraction(l1_fraction)
+    self._manager = orm.OpRegularizerManager(
+        output_boundary,
+        _group_lasso_op_handler_dict(threshold, l1_fraction,
+                                     regularizer_decorator,
+                                     decorator_parameters),
+        input_boundary=input_boundary,
+        force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist)
+    self._calculator = cost_calculator.CostCalculator(
+        self._manager, resource_function.flop_function)
+
+  def get_regularization_term(self, ops=None):
+    return self._calculator.get_regularization_term(ops)
+
+  def get_cost(self, ops=None):
+    return self._calculator.get_cost(ops)
+
+  @property
+  def op_regularizer_manager(self):
+    return self._manager
+
+  @property
+  def name(self) -> str:
+    return 'GroupLassoFlops'
+
+  @property
+  def cost_name(self) -> str:
+    return 'FLOPs'
+
+
+def _decorate(handler, regularizer_decorator, decorator_parameters):
+  """Wraps `handler` in an OpHandlerDecorator when a decorator is given."""
+  if regularizer_decorator:
+    return op_handler_decorator.OpHandlerDecorator(
+        handler, regularizer_decorator, decorator_parameters)
+  return handler
+
+
+def _gamma_op_handler_dict(gamma_threshold, regularizer_decorator,
+                           decorator_parameters):
+  """The gamma handler dict: fused batch norms and decomposed ones are sources.
+
+  Beyond the original, `Mul` gets a dispatcher that makes the `Mul(x, scale)`
+  of a batch norm lowered to element-wise ops (Keras 3, tf.nn.batch_normalization)
+  a gamma source, and leaves every other `Mul` to the grouping handler.
+  """
+  source_op_handler = _decorate(
+      batch_norm_source_op_handler.BatchNormSourceOpHandler(gamma_threshold),
+      regularizer_decorator, decorator_parameters)
+  op_handler_dict = op_handlers.get_gamma_op_handler_dict()
+  for op_type in _BATCH_NORM_OP_TYPES:
+    op_handler_dict[op_type] = source_op_handler
+  op_handler_dict['Mul'] = (
+      decomposed_batch_norm_source_op_handler.DecomposedBatchNormSourceOpHandler(
+          gamma_threshold, fallback_handler=op_handler_dict['Mul'],
+          regularizer_decorator=regularizer_decorator,
+          decorator_parameters=decorator_parameters))
+  return op_handler_dict
+
+
+def _group_lasso_op_handler_dict(threshold, l1_fraction, regularizer_decorator,
+                                 decorator_parameters,
+                                 source_op_types=tuple(_GROUP_LASSO_SOURCES)):
+  """The group-lasso handler dict with a source handler per weighted op type."""
+  op_handler_dict = op_handlers.get_group_lasso_op_handler_dict()
+  for op_type in source_op_types:
+    op_handler_dict[op_type] = _decorate(
+        _GROUP_LASSO_SOURCES[op_type](threshold, l1_fraction),
+        regularizer_decorator, decorator_parameters)
+  return op_handler_dict
+
+
+def _check_threshold(name: str, value) -> None:
+  """Raises ValueError for a negative threshold (tensors are not checked)."""
+  if isinstance(value, numbers.Real) and value < 0:
+    raise ValueError(
+        f'{name} must be non-negative: a channel is alive when its '
+        f'regularizer exceeds it. Received: {name}={value!r}.')
+
+
+def _check_l1_fraction(l1_fraction) -> None:
+  """Raises ValueError for an `l1_fraction` outside [0, 1]."""
+  if isinstance(l1_fraction, numbers.Real) and not 0 <= l1_fraction <= 1:
+    raise ValueError(
+        'l1_fraction should be in [0.0, 1.0]: it weighs the L1 term of the '
+        f'group-lasso norm. Received: l1_fraction={l1_fraction!r}.')
