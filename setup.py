@@ -37,5 +37,6 @@ setuptools.setup(
     extras_require={
         "test": ["pytest", "hypothesis", "ruff"],
     },
+    entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",
 )

@@ -1,0 +1,1 @@
+"""Embedded example models and data (no download at run time)."""
