@@ -385,6 +385,21 @@ def get_op_size(op: tf.Operation) -> int:
   Returns:
     A non-negative int.
   """
+  sizes = _op_size_cache.get(op.graph)
+  if sizes is None:
+    sizes = _op_size_cache[op.graph] = {}
+  size = sizes.get(op)
+  if size is None:
+    size = sizes[op] = _compute_op_size(op)
+  return size
+
+
+# graph -> {op: size}; weak on graphs so analysed graphs can be freed.
+_op_size_cache = weakref.WeakKeyDictionary()
+
+
+def _compute_op_size(op: tf.Operation) -> int:
+  """get_op_size without the cache."""
   if op.type in OP_TYPES_WITH_MULTIPLE_OUTPUTS:
     outputs = list(op.outputs)
   else:

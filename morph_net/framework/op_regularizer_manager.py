@@ -69,21 +69,23 @@ class OpGroup:
   def __init__(self, op_slice: Optional[OpSlice] = None,
                op_groups: Optional[Sequence['OpGroup']] = None,
                omit_source_op_slices: Optional[Sequence[OpSlice]] = None):
-    omit_source_op_slices = omit_source_op_slices or []
-    self._op_slices = []
-    self._source_op_slices = []
+    omitted = set(omit_source_op_slices or ())
+    # Lists keep insertion order; dicts give O(1) duplicate checks, so that
+    # merging ever-growing groups (deep residual stages) stays linear.
+    members = {}
+    sources = {}
     if op_slice is not None:
-      self._op_slices.append(op_slice)
-      if op_slice not in omit_source_op_slices:
-        self._source_op_slices.append(op_slice)
+      members[op_slice] = None
+      if op_slice not in omitted:
+        sources[op_slice] = None
     for op_group in op_groups or []:
       for member in op_group.op_slices:
-        if member not in self._op_slices:
-          self._op_slices.append(member)
+        members.setdefault(member, None)
       for source in op_group.source_op_slices:
-        if (source not in self._source_op_slices
-            and source not in omit_source_op_slices):
-          self._source_op_slices.append(source)
+        if source not in omitted:
+          sources.setdefault(source, None)
+    self._op_slices = list(members)
+    self._source_op_slices = list(sources)
     self._index = OpGroup._static_index
     OpGroup._static_index += 1
 
@@ -148,7 +150,7 @@ class OpRegularizerManager:
     self._op_handler_dict = op_handler_dict if op_handler_dict is not None else {}
     self._concat_regularizer_cache = {}
     self._op_regularizer_dict: Dict[OpSlice, Any] = {}
-    self._op_deque = collections.deque()
+    self._op_deque = _OpQueue()
     self._all_ops = set()
 
     self._dfs_for_source_ops(output_boundary, input_boundary)
@@ -596,3 +598,41 @@ def _dispatch(handler: Any, op: tf.Operation) -> Any:
   """The handler to use for `op`: `handler.handler_for_op(op)` if defined."""
   handler_for_op = getattr(handler, 'handler_for_op', None)
   return handler_for_op(op) if handler_for_op is not None else handler
+
+
+class _OpQueue(collections.deque):
+  """A deque of ops with O(1) membership tests (the work queue of the manager)."""
+
+  def __init__(self):
+    super().__init__()
+    self._counts = collections.Counter()
+
+  def append(self, op):
+    super().append(op)
+    self._counts[op] += 1
+
+  def appendleft(self, op):
+    super().appendleft(op)
+    self._counts[op] += 1
+
+  def pop(self):
+    op = super().pop()
+    self._discard(op)
+    return op
+
+  def popleft(self):
+    op = super().popleft()
+    self._discard(op)
+    return op
+
+  def clear(self):
+    super().clear()
+    self._counts.clear()
+
+  def _discard(self, op):
+    self._counts[op] -= 1
+    if self._counts[op] <= 0:
+      del self._counts[op]
+
+  def __contains__(self, op):
+    return op in self._counts

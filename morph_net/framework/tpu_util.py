@@ -17,6 +17,7 @@ Resolution of a `ReadVariableOp` (possibly behind `Identity` ops):
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
@@ -88,10 +89,9 @@ def _variable_for_handle(handle) -> Optional[Any]:
       break
   if external is None:
     return None
-  for variable in getattr(graph, 'variables', ()):
-    var_handle = getattr(variable, 'handle', None)
-    if var_handle is external:
-      return variable
+  variable = _handle_to_variable(graph).get(id(external))
+  if variable is not None:
+    return variable
   if hasattr(external, 'op') and not tf.executing_eagerly() and hasattr(
       external, 'graph') and external.graph is not graph:
     return _variable_for_handle(external)
@@ -102,6 +102,23 @@ def _variable_for_handle(handle) -> Optional[Any]:
     except AttributeError:
       return None
   return None
+
+
+# graph -> {id(outer handle): variable}; weak on graphs.
+_variable_maps = weakref.WeakKeyDictionary()
+
+
+def _handle_to_variable(graph) -> Dict[int, Any]:
+  """Maps the outer resource handles of `graph.variables` to the variables."""
+  mapping = _variable_maps.get(graph)
+  if mapping is None:
+    mapping = {}
+    for variable in getattr(graph, 'variables', ()):
+      var_handle = getattr(variable, 'handle', None)
+      if var_handle is not None:
+        mapping[id(var_handle)] = variable
+    _variable_maps[graph] = mapping
+  return mapping
 
 
 def maybe_convert_to_variable(tensor):
