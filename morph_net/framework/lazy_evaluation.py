@@ -12,8 +12,10 @@ follow the variables and no tensor leaks from one trace into another.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 
@@ -96,11 +98,42 @@ def static_shape(value: Any) -> tf.TensorShape:
   return tf.TensorShape(value.shape)
 
 
+_scopes = threading.local()
+
+
+@contextlib.contextmanager
+def evaluation_scope() -> Iterator[None]:
+  """Within this scope each lazy value is computed at most once per context.
+
+  A cost or regularization term reads the vectors of every op's regularizer,
+  and group members share regularizers; without this scope, reads inside a
+  `tf.function` would rebuild the same tensors once per reader (quadratic in
+  the number of channel slices of, e.g., depthwise convolutions with a depth
+  multiplier). The memo lives only as long as the scope, i.e. one evaluation in
+  one context, so it never hands a tensor to another trace or to a gradient
+  tape that did not see it being computed.
+  """
+  stack = getattr(_scopes, 'stack', None)
+  if stack is None:
+    stack = _scopes.stack = []
+  stack.append({})
+  try:
+    yield
+  finally:
+    stack.pop()
+
+
+def _scope_memo():
+  stack = getattr(_scopes, 'stack', None)
+  return stack[-1] if stack else None
+
+
 class PerGraphCache:
   """Holds one value per plain `tf.Graph`; recomputes eagerly and in tf.function.
 
   Only the most recent graph is remembered (weakly), so long-running programs
-  that evaluate a regularizer in many graphs do not accumulate tensors.
+  that evaluate a regularizer in many graphs do not accumulate tensors. Inside
+  an `evaluation_scope`, values are also memoized for the scope's duration.
   """
 
   def __init__(self):
@@ -108,6 +141,18 @@ class PerGraphCache:
     self._value = None
 
   def get(self, compute: Callable[[], Any]) -> Any:
+    memo = _scope_memo()
+    if memo is None:
+      return self._get(compute)
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    key = (id(self), id(graph))
+    entry = memo.get(key)
+    if entry is None or entry[0] is not self or entry[1] is not graph:
+      entry = (self, graph, self._get(compute))
+      memo[key] = entry
+    return entry[2]
+
+  def _get(self, compute: Callable[[], Any]) -> Any:
     if tf.executing_eagerly():
       return compute()
     graph = tf.compat.v1.get_default_graph()

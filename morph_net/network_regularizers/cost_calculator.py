@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from morph_net.framework import lazy_evaluation
+
 CONV2D_OPS = ('Conv2D', 'Conv2DBackpropInput', 'DepthwiseConv2dNative')
 CONV3D_OPS = ('Conv3D',)
 CONV_OPS = CONV2D_OPS + CONV3D_OPS
@@ -93,6 +95,10 @@ class CostCalculator:
     return self._sum_over_ops(is_regularization, ops)
 
   def _sum_over_ops(self, is_regularization, ops):
+    with lazy_evaluation.evaluation_scope():
+      return self._sum_over_ops_in_scope(is_regularization, ops)
+
+  def _sum_over_ops_in_scope(self, is_regularization, ops):
     if not ops:
       # A set: sort by name so that the sum is built in a reproducible order.
       ops = sorted(self._manager.ops, key=lambda op: op.name)

@@ -32,6 +32,7 @@ from morph_net.framework import op_handler_decorator
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
 _BATCH_NORM_OP_TYPES = ('FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3')
@@ -222,3 +223,28 @@ def _check_l1_fraction(l1_fraction) -> None:
     raise ValueError(
         'l1_fraction should be in [0.0, 1.0]: it weighs the L1 term of the '
         f'group-lasso norm. Received: l1_fraction={l1_fraction!r}.')
+
+
+class LogisticSigmoidFlopsRegularizer(
+    logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+  """A NetworkRegularizer that targets FLOPs using probabilistic gates (FiGS).
+
+  The gates (`probabilistic_gating.activation_gating`) are the sources; see
+  `logistic_sigmoid_regularizer.LogisticSigmoidRegularizer` for the arguments
+  (`output_boundary, regularize_on_mask=True, alive_threshold=0.1,
+  mask_as_alive_vector=True, regularizer_decorator=None,
+  decorator_parameters=None, input_boundary=None, force_group=None,
+  regularizer_blacklist=None`).
+  """
+
+  def get_calculator(self):
+    return cost_calculator.CostCalculator(
+        self._manager, resource_function.flop_function)
+
+  @property
+  def name(self) -> str:
+    return 'LogisticSigmoidFlops'
+
+  @property
+  def cost_name(self) -> str:
+    return 'FLOPs'

@@ -17,6 +17,7 @@ from morph_net.framework import generic_regularizers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
 
@@ -151,6 +152,73 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
   @property
   def name(self) -> str:
     return 'Latency'
+
+  @property
+  def cost_name(self) -> str:
+    return self._hardware + ' Latency'
+
+
+class LogisticSigmoidLatencyRegularizer(
+    logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+  """A NetworkRegularizer that targets latency using probabilistic gates (FiGS).
+
+  Args:
+    output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
+    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    batch_size: The inference batch size. Defaults to 1.
+    regularize_on_mask: Regularize the gates' masks (True) or their keep
+      probabilities sigmoid(logits) (False).
+    alive_threshold: A channel is alive iff its mask (or probability) is
+      `>= alive_threshold`, in [0, 1]. Defaults to 0.1.
+    mask_as_alive_vector: Decide aliveness on the mask (True) or on
+      sigmoid(logits) (False).
+    regularizer_decorator: An `OpRegularizer` class applied to every
+      regularizer created. None means no decoration.
+    decorator_parameters: Keyword arguments for `regularizer_decorator`.
+    input_boundary: Ops at which the analysis stops (not regularized).
+    force_group: List of regexes; the ops matching one regex are grouped.
+    regularizer_blacklist: List of regexes; matching groups are not
+      regularized.
+
+  Raises:
+    ValueError: `hardware` is unknown, `batch_size` is not positive or
+      `alive_threshold` is outside [0, 1].
+  """
+
+  def __init__(
+      self,
+      output_boundary: Sequence[tf.Operation],
+      hardware: str,
+      batch_size: int = 1,
+      regularize_on_mask: bool = True,
+      alive_threshold: float = 0.1,
+      mask_as_alive_vector: bool = True,
+      regularizer_decorator: Optional[Callable[..., Any]] = None,
+      decorator_parameters: Optional[Mapping[str, Any]] = None,
+      input_boundary: Optional[Sequence[tf.Operation]] = None,
+      force_group: Optional[Sequence[str]] = None,
+      regularizer_blacklist: Optional[Sequence[str]] = None):
+    # Checked before the (slower) graph analysis.
+    self._latency_function = resource_function.latency_function_factory(
+        hardware, batch_size)
+    self._hardware = hardware
+    super().__init__(
+        output_boundary,
+        regularize_on_mask=regularize_on_mask,
+        alive_threshold=alive_threshold,
+        mask_as_alive_vector=mask_as_alive_vector,
+        regularizer_decorator=regularizer_decorator,
+        decorator_parameters=decorator_parameters,
+        input_boundary=input_boundary,
+        force_group=force_group,
+        regularizer_blacklist=regularizer_blacklist)
+
+  def get_calculator(self):
+    return cost_calculator.CostCalculator(self._manager, self._latency_function)
+
+  @property
+  def name(self) -> str:
+    return 'LogisticSigmoidLatency'
 
   @property
   def cost_name(self) -> str:

@@ -16,6 +16,7 @@ from morph_net.framework import generic_regularizers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
 
@@ -134,6 +135,31 @@ class GroupLassoModelSizeRegularizer(generic_regularizers.NetworkRegularizer):
   @property
   def name(self) -> str:
     return 'GroupLassoModelSize'
+
+  @property
+  def cost_name(self) -> str:
+    return 'ModelSize'
+
+
+class LogisticSigmoidModelSizeRegularizer(
+    logistic_sigmoid_regularizer.LogisticSigmoidRegularizer):
+  """A NetworkRegularizer that targets model size using probabilistic gates.
+
+  The gates (`probabilistic_gating.activation_gating`) are the sources; see
+  `logistic_sigmoid_regularizer.LogisticSigmoidRegularizer` for the arguments
+  (`output_boundary, regularize_on_mask=True, alive_threshold=0.1,
+  mask_as_alive_vector=True, regularizer_decorator=None,
+  decorator_parameters=None, input_boundary=None, force_group=None,
+  regularizer_blacklist=None`).
+  """
+
+  def get_calculator(self):
+    return cost_calculator.CostCalculator(
+        self._manager, resource_function.model_size_function)
+
+  @property
+  def name(self) -> str:
+    return 'LogisticSigmoidModelSize'
 
   @property
   def cost_name(self) -> str:
