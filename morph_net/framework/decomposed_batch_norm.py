@@ -36,9 +36,9 @@ import tensorflow as tf
 _TRANSPARENT_TYPES = ('Cast', 'Identity')
 
 
-def _skip(tensor: tf.Tensor) -> tf.Tensor:
-  """Looks through `Cast`/`Identity` ops and channels-last broadcast reshapes."""
-  while tensor.op.inputs and (tensor.op.type in _TRANSPARENT_TYPES
+def _skip(tensor: tf.Tensor, transparent=_TRANSPARENT_TYPES) -> tf.Tensor:
+  """Looks through `transparent` ops and channels-last broadcast reshapes."""
+  while tensor.op.inputs and (tensor.op.type in transparent
                               or _is_broadcast_reshape(tensor)):
     tensor = tensor.op.inputs[0]
   return tensor
@@ -80,10 +80,11 @@ class DecomposedBatchNorm:
 def _is_activation_for(x: tf.Tensor, channels: Optional[int]) -> bool:
   """True if `x` is an activation with `channels` channels, not a statistic.
 
-  A moving mean or gamma broadcast to `[1, ..., 1, C]` (explicit `axis`) is
-  looked through first, so it is seen as the vector it is.
+  A moving mean or gamma broadcast to `[1, ..., 1, C]` (explicit `axis`), and
+  negated (`center=False`: `-mean * scale`), is looked through first, so it is
+  seen as the vector it is.
   """
-  rank = _skip(x).shape.rank
+  rank = _skip(x, _TRANSPARENT_TYPES + ('Neg',)).shape.rank
   if rank is None or rank < 2:
     return False
   return channels is not None and x.shape[-1] == channels
