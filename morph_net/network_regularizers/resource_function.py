@@ -84,6 +84,13 @@ def flop_coeff(op: tf.Operation):
   Example: an 11x13 input, a 7x5 kernel with stride 2 and SAME padding give a
   6x7 output and a coefficient of 2 * 42 * 35 = 2940.
 
+  Dilated convolutions (beyond the original): TF lowers them to
+  `SpaceToBatchND -> Conv2D -> BatchToSpaceND`, where the convolution's own
+  output has the blocks in its batch dimension and a spatial size about
+  rate**2 times smaller. S is then taken from the `BatchToSpaceND` output, the
+  positions the layer really computes, so that a dilated layer costs
+  2 * H_out * W_out * K like any other (the original under-counted it).
+
   Args:
     op: A `tf.Operation`.
 
@@ -98,10 +105,24 @@ def flop_coeff(op: tf.Operation):
   if op.type == 'Conv2DBackpropInput':
     spatial_tensor = op.inputs[2]
   else:
-    spatial_tensor = op.outputs[0]
+    spatial_tensor = _dilated_convolution_output(op)
+    if spatial_tensor is None:
+      spatial_tensor = op.outputs[0]
   spatial_size = _dims_product(spatial_tensor, 1, -1)
   kernel_size = _dims_product(op.inputs[1], 0, -2)
   return 2.0 * spatial_size * kernel_size
+
+
+def _dilated_convolution_output(op: tf.Operation):
+  """The BatchToSpaceND output of a dilated convolution `op`, else None."""
+  if op.type not in ('Conv2D', 'DepthwiseConv2dNative'):
+    return None
+  if op.inputs[0].op.type != 'SpaceToBatchND':
+    return None
+  consumers = op.outputs[0].consumers()
+  if len(consumers) == 1 and consumers[0].type == 'BatchToSpaceND':
+    return consumers[0].outputs[0]
+  return None
 
 
 def num_weights_coeff(op: tf.Operation):

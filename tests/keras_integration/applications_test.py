@@ -239,16 +239,13 @@ def test_flop_count_and_get_cost_on_every_costed_layer_type():
   assert float(reg.get_cost()) == sum(expected.values())  # 48200
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'Keras 3 on TF traces a dilated Conv2D as SpaceToBatchND -> Conv2D -> '
-    'BatchToSpaceND; flop_coeff reads S_out from the Conv2D output (4, 6, 7, 6), '
-    'whose dilation blocks sit in the batch dimension, so get_cost counts '
-    '2*6*7*9*4*6 = 18144 instead of 2*11*13*9*4*6 = 61776 (about 1/rate^2).'))
 def test_get_cost_of_dilated_conv():
   inputs = keras.Input((11, 13, 4))
   x = keras.layers.Conv2D(6, 3, padding='same', dilation_rate=2)(inputs)
   model = keras.Model(inputs, keras.layers.BatchNormalization()(x))
-  # 2 * H_out * W_out * kh * kw * C_in * C_out, SAME: output 11x13.
+  # 2 * H_out * W_out * kh * kw * C_in * C_out, SAME: output 11x13. (TF traces
+  # SpaceToBatchND -> Conv2D -> BatchToSpaceND; the Conv2D's own output is
+  # (4, 6, 7, 6), which the original under-counted as 2*6*7*9*4*6 = 18144.)
   expected = 2 * 11 * 13 * 3 * 3 * 4 * 6  # 61776
   assert flop_count.model_flops(model) == expected
   reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(

@@ -339,3 +339,18 @@ def test_bilinear_helpers():
   assert rf._calculate_bilinear_cost(net.dw, 3.0, 4, 5, 2) == 3 * 2 * 5
   assert rf._calculate_bilinear_regularization(
       net.dw, 3.0, 4, 5, 0.5, 0.25, 2) == 3 * 2 * 0.75
+
+
+def test_flop_coeff_of_dilated_conv_uses_the_batch_to_space_output():
+  # tf.nn.conv2d with dilations lowers to SpaceToBatchND -> Conv2D ->
+  # BatchToSpaceND. The layer computes 11 x 13 output positions (SAME), so the
+  # coefficient is 2 * S_out * K = 2 * (11 * 13) * (3 * 3) = 2574.
+  graph = tf.Graph()
+  with graph.as_default():
+    image = tf.zeros([1, 11, 13, 4])
+    kernel = tf.zeros([3, 3, 4, 6])
+    out = tf.nn.atrous_conv2d(image, kernel, rate=2, padding='SAME')
+    conv = [op for op in graph.get_operations() if op.type == 'Conv2D'][0]
+    assert conv.inputs[0].op.type == 'SpaceToBatchND'
+    assert out.shape.as_list() == [1, 11, 13, 6]
+    assert rf.flop_coeff(conv) == 2 * 11 * 13 * 3 * 3
