@@ -51,6 +51,11 @@ class ConcatRegularizer(generic_regularizers.OpRegularizer):
     self._alive_cache = lazy_evaluation.PerGraphCache()
 
   @property
+  def regularizers(self):
+    """The concatenated regularizers, in order."""
+    return list(self._regularizers)
+
+  @property
   def regularization_vector(self) -> tf.Tensor:
     return self._reg_cache.get(lambda: tf.concat(
         [r.regularization_vector for r in self._regularizers], axis=0))

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import logging
 import tensorflow as tf
 
+from morph_net.framework import concat_and_slice_regularizers
 from morph_net.framework import lazy_evaluation
 
 CONV2D_OPS = ('Conv2D', 'Conv2DBackpropInput', 'DepthwiseConv2dNative')
@@ -180,18 +181,32 @@ def _count_alive(tensor: tf.Tensor, regularizer, cache):
                    tensor.name)
       channels = 0
     return tf.constant(float(channels), tf.float32)
-  key = id(regularizer)
-  if key not in cache:
-    cache[key] = (regularizer, tf.reduce_sum(
-        tf.cast(regularizer.alive_vector, tf.float32)))
-  return cache[key][1]
+  return _memoized_sum(
+      regularizer, cache,
+      lambda r: tf.reduce_sum(tf.cast(r.alive_vector, tf.float32)))
 
 
 def _sum_regularization(regularizer, cache):
   """Sum of the regularizer's regularization vector; 0.0 without a regularizer."""
   if regularizer is None:
     return 0.0
+  return _memoized_sum(regularizer, cache,
+                       lambda r: tf.reduce_sum(r.regularization_vector))
+
+
+def _memoized_sum(regularizer, cache, leaf_sum):
+  """`leaf_sum(regularizer)`, memoized per object within one evaluation.
+
+  The sum over a `ConcatRegularizer` (an op with several channel slices, e.g.
+  in DenseNet's concatenations) is the sum of its members' sums: summing the
+  members, each memoized, avoids building a concatenation per op.
+  """
   key = id(regularizer)
   if key not in cache:
-    cache[key] = (regularizer, tf.reduce_sum(regularizer.regularization_vector))
+    if isinstance(regularizer, concat_and_slice_regularizers.ConcatRegularizer):
+      value = tf.add_n([_memoized_sum(member, cache, leaf_sum)
+                        for member in regularizer.regularizers])
+    else:
+      value = leaf_sum(regularizer)
+    cache[key] = (regularizer, value)
   return cache[key][1]
