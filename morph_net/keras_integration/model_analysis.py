@@ -96,6 +96,10 @@ def _check_sources_found(cls, regularizer, model) -> None:
     hint = (' Gamma regularizers need BatchNormalization layers with scale=True '
             'after the layers to prune; for a model without them use the '
             f'GroupLasso counterpart ({family.replace("Gamma", "GroupLasso", 1)}).')
+  if family.startswith('LogisticSigmoid'):
+    hint = (' LogisticSigmoid regularizers need LogisticSigmoidGating layers '
+            '(morph_net.probabilistic_gating.activation_gating) after the layers '
+            'to prune.')
   raise ValueError(
       f'{family} found no op to regularize in model {model.name!r}: no source op '
       f'(batch norm gamma, convolution or dense kernel) is reachable from the '

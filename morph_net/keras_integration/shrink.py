@@ -64,6 +64,7 @@ from absl import logging
 from morph_net.framework import generic_regularizers
 from morph_net.keras_integration import layer_structure
 from morph_net.keras_integration import structure_io
+from morph_net.probabilistic_gating import activation_gating
 
 L = keras.layers
 
@@ -295,6 +296,10 @@ def _kind(layer, node) -> str:
     return _FOLLOW if axis in (-1, rank - 1, (-1,), (rank - 1,)) else _FIXED
   if isinstance(layer, _FOLLOW_LAYERS):
     return _FOLLOW
+  if isinstance(layer, activation_gating.LogisticSigmoidGating):
+    # One gate (mask logit) per channel: follows its input like a BN.
+    rank = len(outputs[0].shape)
+    return _FOLLOW if layer.axis in (-1, rank - 1) else _FIXED
   if (not isinstance(layer, keras.Model) and not layer.weights and len(inputs) == 1
       and len(outputs) == 1 and _last_dim(inputs[0]) == _last_dim(outputs[0])
       and _last_dim(inputs[0]) is not None):
