@@ -35,7 +35,9 @@ setuptools.setup(
         "absl-py",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "ruff"],
+        # `morphnet demo`: scikit-learn ships the digits data, matplotlib draws the plots.
+        "demo": ["scikit-learn", "matplotlib"],
+        "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib"],
     },
     entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",
