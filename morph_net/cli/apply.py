@@ -22,7 +22,6 @@ import re
 from typing import Optional, Tuple
 
 from morph_net.cli import common
-from morph_net.cli import learn
 from morph_net.network_regularizers import resource_function
 
 _TARGET = re.compile(r'^\s*([-+0-9.eE]+)\s*(x?)\s*$')
@@ -81,14 +80,14 @@ def add_shrink_parser(subparsers) -> None:
                       help='keep the trained weights of the surviving channels (needs a '
                       'structure of per-channel masks, e.g. learned_masks.json from '
                       '`morphnet learn`); otherwise the weights are fresh')
-  learn.one_line_errors(parser)
+  common.one_line_errors(parser)
   parser.set_defaults(run=run_shrink)
 
 
 def run_shrink(args: argparse.Namespace) -> int:
   from morph_net.keras_integration import shrink  # pylint: disable=g-import-not-at-top
   from morph_net.keras_integration import structure_io  # pylint: disable=g-import-not-at-top
-  learn.check_output_model_path(args.output)
+  common.check_output_model_path(args.output)
   structure = _load_structure(args.structure)
   if args.transfer_weights and not structure_io.is_mask_structure(structure):
     raise common.CliError(
@@ -101,10 +100,10 @@ def run_shrink(args: argparse.Namespace) -> int:
                                   transfer_weights=args.transfer_weights)
   names = [k for k in structure if not k.endswith(structure_io.DEPTHWISE_SUFFIX)]
   before, after = _widths_of(model, names), _widths_of(new_model, names)
-  with learn.quiet_tensorflow_warnings():
+  with common.quiet_tensorflow_warnings():
     flops_before, flops_after = _architecture_flops(model), _architecture_flops(new_model)
-  learn.save_model_atomically(new_model, args.output)
-  print(learn.format_structure_table(before, after, ('before', 'after'),
+  common.save_model_atomically(new_model, args.output)
+  print(common.format_structure_table(before, after, ('before', 'after'),
                                      order=[n for n in names if n in before]))
   if flops_before and flops_after is not None:
     print(f'FLOPs: {flops_before:,.0f} -> {flops_after:,.0f} '
@@ -157,28 +156,28 @@ def add_expand_parser(subparsers) -> None:
   target.add_argument('--target-cost', metavar='COST',
                       help='target in the unit of --cost (FLOPs, weights, or latency in '
                       'ns), or a multiple of the model\'s cost, e.g. 1x')
-  parser.add_argument('--cost', default=None, choices=learn.COST_CHOICES,
+  parser.add_argument('--cost', default=None, choices=common.COST_CHOICES,
                       help='the resource of the target. Default: flops')
-  parser.add_argument('--hardware', default=learn.DEFAULT_HARDWARE,
+  parser.add_argument('--hardware', default=common.DEFAULT_HARDWARE,
                       help='hardware of the latency cost, one of '
                       f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}. Default: V100')
-  parser.add_argument('--regularizer', default='gamma', choices=learn.REGULARIZER_CHOICES,
+  parser.add_argument('--regularizer', default='gamma', choices=common.REGULARIZER_CHOICES,
                       help='the network regularizer family that costs the models (gamma '
                       'needs BatchNormalization layers; group_lasso does not). '
                       'Default: gamma')
   parser.add_argument('--costs-json', default=None,
                       help='where to write the costs. Default: <output without .keras>'
                       '_costs.json')
-  parser.add_argument('--max-width-multiplier', type=learn.positive_float(
+  parser.add_argument('--max-width-multiplier', type=common.positive_float(
       '--max-width-multiplier'), default=64.0, help='search bound for w. Default: 64')
-  learn.one_line_errors(parser)
+  common.one_line_errors(parser)
   parser.set_defaults(run=run_expand)
 
 
 def run_expand(args: argparse.Namespace) -> int:
   from morph_net.keras_integration import expand  # pylint: disable=g-import-not-at-top
   from morph_net.keras_integration import shrink  # pylint: disable=g-import-not-at-top
-  learn.check_output_model_path(args.output)
+  common.check_output_model_path(args.output)
   costs_path = args.costs_json or args.output[:-len('.keras')] + '_costs.json'
   if os.path.isdir(costs_path):
     raise common.CliError(f'--costs-json is a directory: {costs_path!r}. Pass a file name.')
@@ -190,11 +189,11 @@ def run_expand(args: argparse.Namespace) -> int:
   target = parse_target(args.target_flops if args.target_flops is not None
                         else args.target_cost,
                         '--target-flops' if args.target_flops is not None else '--target-cost')
-  cls, kwargs = learn.regularizer_arguments(args.regularizer, cost, 0.0, args.hardware)
+  cls, kwargs = common.regularizer_arguments(args.regularizer, cost, 0.0, args.hardware)
   structure = _load_structure(args.structure)
   model = common.load_model(args.model)
   cost_fn = expand.regularizer_cost_fn(cls, **kwargs)
-  with learn.quiet_tensorflow_warnings():
+  with common.quiet_tensorflow_warnings():
     seed_cost = cost_fn(shrink.shrink_model(model, {}))
     if target is None:
       target_cost = seed_cost
@@ -208,10 +207,10 @@ def run_expand(args: argparse.Namespace) -> int:
             'hardware': args.hardware if cost == 'latency' else None,
             'learned_structure': expand.learned_counts(structure)}
   record.update(result.as_dict())
-  learn.save_model_atomically(expanded, args.output)
-  learn.write_json_atomically(costs_path, record)
+  common.save_model_atomically(expanded, args.output)
+  common.write_json_atomically(costs_path, record)
   names = list(result.widths)
-  print(learn.format_structure_table(record['learned_structure'], result.widths,
+  print(common.format_structure_table(record['learned_structure'], result.widths,
                                      ('learned', 'expanded'), order=names))
   print(f'width multiplier {result.width_multiplier:.4g}; {cost_name}: seed '
         f'{result.seed_cost:,.6g}, learned {result.shrunk_cost:,.6g}, expanded '

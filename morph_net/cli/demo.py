@@ -6,7 +6,6 @@ import argparse
 import importlib
 
 from morph_net.cli import common
-from morph_net.cli import learn
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +24,7 @@ def add_parser(subparsers) -> None:
                       help='a tiny run (width 8, 256 images, 1-2 epochs) to check the set-up')
   parser.add_argument('--output-dir', default='morphnet_demo',
                       help='where the files go (created). Default: ./morphnet_demo')
-  learn.one_line_errors(parser)
+  common.one_line_errors(parser)
   parser.set_defaults(run=run)
 
 

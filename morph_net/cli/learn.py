@@ -14,170 +14,22 @@ exports what it learned:
 network with its surviving weights; `morphnet expand` grows the counts back to
 a budget.
 
-This module also holds the helpers the other subcommands share (regularizer
-choice, argument types, one-line argparse errors, atomic model saving).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import math
 import os
-import sys
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Dict
 
 import numpy as np
 
 from morph_net.cli import common
-from morph_net.network_regularizers import flop_regularizer
-from morph_net.network_regularizers import latency_regularizer
-from morph_net.network_regularizers import model_size_regularizer
 from morph_net.network_regularizers import resource_function
-
-# (regularizer family, cost) -> (class, name of its alive-threshold argument).
-REGULARIZER_CLASSES = {
-    ('gamma', 'flops'): (flop_regularizer.GammaFlopsRegularizer, 'gamma_threshold'),
-    ('group_lasso', 'flops'): (flop_regularizer.GroupLassoFlopsRegularizer, 'threshold'),
-    ('gamma', 'model_size'): (model_size_regularizer.GammaModelSizeRegularizer,
-                              'gamma_threshold'),
-    ('group_lasso', 'model_size'): (model_size_regularizer.GroupLassoModelSizeRegularizer,
-                                    'threshold'),
-    ('gamma', 'latency'): (latency_regularizer.GammaLatencyRegularizer, 'gamma_threshold'),
-    ('group_lasso', 'latency'): (latency_regularizer.GroupLassoLatencyRegularizer,
-                                 'threshold'),
-}
-REGULARIZER_CHOICES = ('gamma', 'group_lasso')
-COST_CHOICES = ('flops', 'model_size', 'latency')
-DEFAULT_HARDWARE = 'V100'
 
 
 # ----------------------------------------------------------------------------
 # Shared helpers.
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-  """Makes argparse report a bad argument of `parser` on one line, exit status 2."""
-
-  def error(message: str):
-    print(f'{parser.prog}: error: {message}. See {parser.prog} --help.', file=sys.stderr)
-    sys.exit(2)
-
-  parser.error = error
-  return parser
-
-
-def _number(text: str, name: str, kind: type, minimum: float, strict: bool):
-  try:
-    value = kind(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f'{name} must be {"an integer" if kind is int else "a number"}. '
-        f'Received: {text!r}') from None
-  if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-    relation = '>' if strict else '>='
-    raise argparse.ArgumentTypeError(
-        f'{name} must be {relation} {minimum:g}. Received: {text!r}')
-  return value
-
-
-def positive_int(name: str):
-  """An argparse type: an integer >= 1."""
-  return lambda text: _number(text, name, int, 1, strict=False)
-
-
-def non_negative_float(name: str):
-  """An argparse type: a finite number >= 0."""
-  return lambda text: _number(text, name, float, 0.0, strict=False)
-
-
-def positive_float(name: str):
-  """An argparse type: a finite number > 0."""
-  return lambda text: _number(text, name, float, 0.0, strict=True)
-
-
-@contextlib.contextmanager
-def quiet_tensorflow_warnings() -> Iterator[None]:
-  """Hides TensorFlow's Python warnings (e.g. tf.function retracing notes).
-
-  Costing many candidate models (expand) traces one function per model, which
-  TensorFlow reports as excessive retracing; it is expected here.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  logger = tf.get_logger()
-  previous = logger.level
-  logger.setLevel('ERROR')
-  try:
-    yield
-  finally:
-    logger.setLevel(previous)
-
-
-def check_hardware(hardware: str) -> str:
-  """Returns `hardware` if it is a known hardware name, else raises CliError."""
-  if hardware not in resource_function.PEAK_COMPUTE:
-    raise common.CliError(
-        f'--hardware must be one of {sorted(resource_function.PEAK_COMPUTE)}. '
-        f'Received: {hardware!r}.')
-  return hardware
-
-
-def regularizer_arguments(regularizer: str, cost: str, threshold: float,
-                          hardware: str) -> Tuple[type, Dict[str, Any]]:
-  """The network regularizer class and its keyword arguments for a choice."""
-  if (regularizer, cost) not in REGULARIZER_CLASSES:
-    raise common.CliError(
-        f'--regularizer must be one of {list(REGULARIZER_CHOICES)} and --cost one of '
-        f'{list(COST_CHOICES)}. Received: {regularizer!r}, {cost!r}.')
-  cls, threshold_argument = REGULARIZER_CLASSES[(regularizer, cost)]
-  kwargs: Dict[str, Any] = {threshold_argument: threshold}
-  if cost == 'latency':
-    kwargs['hardware'] = check_hardware(hardware)
-  return cls, kwargs
-
-
-def check_output_model_path(path: str, argument: str = '--output') -> str:
-  """Checks that `path` can receive a .keras model; returns it."""
-  if not path.endswith('.keras'):
-    raise common.CliError(
-        f'{argument} must be a file name ending in .keras (the Keras 3 format). '
-        f'Received: {path!r}.')
-  if os.path.isdir(path):
-    raise common.CliError(f'{argument} is a directory: {path!r}. Pass a file name.')
-  return path
-
-
-def save_model_atomically(model, path: str) -> str:
-  """Saves `model` to `path` (.keras) through a temporary file and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  temporary = os.path.join(directory, f'.{os.path.basename(path)}.tmp-{os.getpid()}.keras')
-  try:
-    model.save(temporary)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-  return path
-
-
-def write_json_atomically(path: str, content: Any) -> str:
-  """Writes `content` as indented JSON through a temporary file and a rename."""
-  from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  structure_exporter.write_file_atomically(
-      path, json.dumps(content, indent=2, sort_keys=True, default=_json_default))
-  return path
-
-
-def _json_default(value: Any) -> Any:
-  if isinstance(value, (np.integer, np.floating)):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return str(value)
 
 
 # ----------------------------------------------------------------------------
@@ -281,36 +133,36 @@ def add_parser(subparsers) -> None:
                       help='.npz file with arrays x (inputs) and y (targets)')
   parser.add_argument('--export-dir', required=True,
                       help='directory for the learned structure files (created)')
-  parser.add_argument('--regularizer', default='gamma', choices=REGULARIZER_CHOICES,
+  parser.add_argument('--regularizer', default='gamma', choices=common.REGULARIZER_CHOICES,
                       help='BatchNorm gammas (gamma) or kernel group-lasso norms '
                       '(group_lasso) measure channels. Default: gamma')
-  parser.add_argument('--cost', default='flops', choices=COST_CHOICES,
+  parser.add_argument('--cost', default='flops', choices=common.COST_CHOICES,
                       help='the resource to shrink. Default: flops')
-  parser.add_argument('--hardware', default=DEFAULT_HARDWARE,
+  parser.add_argument('--hardware', default=common.DEFAULT_HARDWARE,
                       help='hardware of the latency cost, one of '
                       f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}. Default: V100')
-  parser.add_argument('--threshold', type=non_negative_float('--threshold'), default=1e-2,
+  parser.add_argument('--threshold', type=common.non_negative_float('--threshold'), default=1e-2,
                       help='a channel is alive iff its gamma / norm exceeds this. '
                       'Default: 0.01')
-  parser.add_argument('--strength', type=non_negative_float('--strength'), default=None,
+  parser.add_argument('--strength', type=common.non_negative_float('--strength'), default=None,
                       help='regularization strength. Default: recommend_strength '
                       '(1 / initial cost) times --strength-multiplier')
-  parser.add_argument('--strength-multiplier', type=non_negative_float('--strength-multiplier'),
+  parser.add_argument('--strength-multiplier', type=common.non_negative_float('--strength-multiplier'),
                       default=1.0, help='multiplies the recommended strength. Default: 1')
-  parser.add_argument('--epochs', type=positive_int('--epochs'), default=5,
+  parser.add_argument('--epochs', type=common.positive_int('--epochs'), default=5,
                       help='training epochs. Default: 5')
-  parser.add_argument('--batch-size', type=positive_int('--batch-size'), default=32,
+  parser.add_argument('--batch-size', type=common.positive_int('--batch-size'), default=32,
                       help='batch size. Default: 32')
-  parser.add_argument('--learning-rate', type=positive_float('--learning-rate'), default=1e-3,
+  parser.add_argument('--learning-rate', type=common.positive_float('--learning-rate'), default=1e-3,
                       help='Adam learning rate. Default: 0.001')
   parser.add_argument('--loss', default='auto',
                       help='a Keras loss name, or auto: (sparse) categorical cross-entropy '
                       'chosen from the labels, from logits unless the model ends in a '
                       'softmax. Default: auto')
-  parser.add_argument('--seed', type=lambda text: _number(text, '--seed', int, 0, strict=False),
+  parser.add_argument('--seed', type=lambda text: common._number(text, '--seed', int, 0, strict=False),
                       default=0, help='random seed (weights, data order). Default: 0')
   parser.add_argument('--quiet', action='store_true', help='no progress bars')
-  one_line_errors(parser)
+  common.one_line_errors(parser)
   parser.set_defaults(run=run)
 
 
@@ -325,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
   # Everything is checked before anything is written.
   if os.path.exists(args.export_dir) and not os.path.isdir(args.export_dir):
     raise common.CliError(f'--export-dir is a file: {args.export_dir!r}. Pass a directory.')
-  cls, kwargs = regularizer_arguments(args.regularizer, args.cost, args.threshold,
+  cls, kwargs = common.regularizer_arguments(args.regularizer, args.cost, args.threshold,
                                       args.hardware)
   model = common.load_model(args.model)
   data = load_npz_data(args.data)
@@ -363,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
       'learned_masks': structure_io.save_structure(
           os.path.join(args.export_dir, 'learned_masks.json'),
           shrink.channel_masks(regularizer)),
-      'trained_model': save_model_atomically(
+      'trained_model': common.save_model_atomically(
           model, os.path.join(args.export_dir, 'trained_model.keras')),
   }
   final_cost = float(regularizer.get_cost())
@@ -375,9 +227,9 @@ def run(args: argparse.Namespace) -> int:
       'last_logs': {k: float(v[-1]) for k, v in history.history.items() if v},
       'exported_steps': [os.path.basename(p) for p in morphnet_callback.exported_paths],
   }
-  paths['summary'] = write_json_atomically(
+  paths['summary'] = common.write_json_atomically(
       os.path.join(args.export_dir, 'learn_summary.json'), summary)
-  print(format_structure_table(totals, counts, ('seed', 'learned')))
+  print(common.format_structure_table(totals, counts, ('seed', 'learned')))
   share = f' ({100.0 * final_cost / initial_cost:.1f}%)' if initial_cost else ''
   print(f'{cost_name}: {initial_cost:,.6g} -> {final_cost:,.6g}{share}')
   for name, path in paths.items():
@@ -385,12 +237,3 @@ def run(args: argparse.Namespace) -> int:
   return 0
 
 
-def format_structure_table(before: Dict[str, int], after: Dict[str, int],
-                           headers: Tuple[str, str], order: Optional[list] = None) -> str:
-  """A two-column table of widths per layer."""
-  names = order or sorted(set(before) | set(after))
-  width = max([len('layer')] + [len(n) for n in names])
-  lines = [f'{"layer":<{width}} {headers[0]:>10} {headers[1]:>10}']
-  for name in names:
-    lines.append(f'{name:<{width}} {before.get(name, "-")!s:>10} {after.get(name, "-")!s:>10}')
-  return '\n'.join(lines)
