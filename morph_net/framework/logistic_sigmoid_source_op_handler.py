@@ -73,8 +73,13 @@ LEGACY_GATING_OP_TYPE = 'LogisticSigmoidGating'
 class GatingOpRecord:
   """What the gating layer recorded about one gating op.
 
-  Holds no tensor and no strong reference to the layer, so that the registry
-  never keeps a graph alive.
+  Holds no tensor. The layer is referenced strongly only for ops of a
+  `tf.function` trace, where the regularizer needs it after tracing (a layer
+  created inside the traced function may otherwise be collected before the
+  regularizer is built); its variables are eager there, so nothing refers back
+  to the graph and the graph-keyed registry still frees it. In a
+  `tf.compat.v1` graph the layer's variables belong to the graph, so only a
+  weak reference is kept.
 
   Attributes:
     logits_name: name of the tensor reading the logits (the original's
@@ -87,10 +92,13 @@ class GatingOpRecord:
   logits_name: str
   is_training: bool
   gate_ref: Optional[weakref.ref] = None
+  gate_strong: Any = None
 
   @property
   def gate(self) -> Any:
     """The gate object, or None if it was not given or is garbage collected."""
+    if self.gate_strong is not None:
+      return self.gate_strong
     return None if self.gate_ref is None else self.gate_ref()
 
 
@@ -126,8 +134,10 @@ def register_gating_op(op: tf.Operation, logits: tf.Tensor, gate: Any = None,
         'logits must be a tensor of the gating op\'s graph. Received: '
         f'logits={logits!r} for op {op.name!r}.')
   gate_ref = None if gate is None else weakref.ref(gate)
+  strong = gate if _is_function_graph(op.graph) else None
   _RECORDS.setdefault(op.graph, {})[op.name] = GatingOpRecord(
-      logits_name=logits.name, is_training=bool(is_training), gate_ref=gate_ref)
+      logits_name=logits.name, is_training=bool(is_training), gate_ref=gate_ref,
+      gate_strong=strong)
 
 
 def get_gating_op_record(op: tf.Operation) -> Optional[GatingOpRecord]:
