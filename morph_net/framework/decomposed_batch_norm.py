@@ -23,7 +23,9 @@ Keras reshapes the moving statistics, gamma and beta to the broadcast shape
 
 Only channels-last normalization is recognised: a gamma reshaped to
 `[1, C, 1, 1]` (channels-first) is not a channels-last broadcast and does not
-match.
+match. Only batch statistics match: the `Rsqrt` must be a per-channel vector
+(`[C]` or `[1, ..., 1, C]`); a `LayerNormalization`, whose statistics vary per
+position, is not a batch norm (nor a gamma source in the original).
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def _gamma_of_scale(scale: tf.Tensor) -> Optional[tf.Tensor]:
   a, b = (_skip(t) for t in scale.op.inputs)
   for rsqrt, gamma in ((a, b), (b, a)):
     if rsqrt.op.type == 'Rsqrt' and gamma.op.type != 'Rsqrt':
-      if gamma.shape.rank == 1:
+      # The statistic must be per channel, as in a batch norm: a layer norm's
+      # Rsqrt varies per position ([1, H, W, 1]) and is not a gamma source.
+      if gamma.shape.rank == 1 and _is_channel_vector(rsqrt, gamma.shape[0]):
         return gamma
   return None
 

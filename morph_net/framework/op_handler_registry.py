@@ -56,10 +56,11 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     # Element-wise comparisons and logic (e.g. dropout masks).
     'Greater', 'GreaterEqual', 'Less', 'LessEqual', 'Equal', 'NotEqual',
     'LogicalAnd', 'LogicalOr', 'LogicalNot',
-    # Pooling, padding, spatial reshuffles and reductions over non-channel axes.
-    'MaxPool', 'MaxPoolV2', 'AvgPool', 'MaxPool3D', 'AvgPool3D', 'Mean', 'Max',
-    'Min', 'Sum', 'Prod', 'Pad', 'PadV2', 'MirrorPad', 'SpaceToBatchND',
-    'BatchToSpaceND', 'Squeeze',
+    # Pooling, padding and spatial reshuffles. (Reductions such as `Mean` keep
+    # the channels only when they do not reduce the channel axis: see
+    # `channel_axis_op_handler`, registered for them by `op_handlers`.)
+    'MaxPool', 'MaxPoolV2', 'AvgPool', 'MaxPool3D', 'AvgPool3D', 'Pad', 'PadV2',
+    'MirrorPad', 'SpaceToBatchND', 'BatchToSpaceND', 'Squeeze',
     # Normalization, when not a source.
     'FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3',
     # Channel permutation (not tracked, as in the original).

@@ -10,8 +10,10 @@ handler instances, which callers may extend with `register`.
 
 from __future__ import annotations
 
+from morph_net.framework import channel_axis_op_handler
 from morph_net.framework import concat_op_handler
 from morph_net.framework import depthwise_convolution_op_handler
+from morph_net.framework import function_call_op_handler
 from morph_net.framework import grouping_op_handler
 from morph_net.framework import leaf_op_handler
 from morph_net.framework import op_handler_registry
@@ -39,6 +41,17 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   for op_type in ('RandomUniform', 'Reshape', 'Shape', 'SpaceToDepth',
                   'StridedSlice', 'TensorArrayGatherV3'):
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
+  # Beyond the original (see the modules): reductions and Tile keep their
+  # channels only for some axes; Pack stacks along a new axis; a function call
+  # hides its ops.
+  for op_type in channel_axis_op_handler.REDUCTION_OP_TYPES:
+    handlers[op_type] = channel_axis_op_handler.ChannelAxisOpHandler(
+        channel_axis_op_handler.reduction_keeps_channels)
+  handlers['Tile'] = channel_axis_op_handler.ChannelAxisOpHandler(
+      channel_axis_op_handler.tile_keeps_channels)
+  handlers['Pack'] = leaf_op_handler.LeafOpHandler()
+  for op_type in function_call_op_handler.FUNCTION_CALL_OP_TYPES:
+    handlers[op_type] = function_call_op_handler.FunctionCallOpHandler()
   for op_type in RESIZE_OP_NAMES:
     # Only input 0 carries channels; input 1 is the target size.
     handlers[op_type] = grouping_op_handler.GroupingOpHandler([0])

@@ -27,6 +27,14 @@ from morph_net.framework import grouping_regularizers
 from morph_net.framework import op_handler_util
 
 ITERATION_LIMIT = 1000000
+# Beyond the original: the grouping loop also stops when no group was created
+# and no op got its slices in max(STALL_WINDOW_MIN, STALL_WINDOW_PER_OP * ops)
+# consecutive handler calls (ops waiting for each other forever: the original
+# spun until `iteration_limit`, ~20-40 s). Networks that converge never go
+# more than a few dozen calls without progress (measured: at most 35, on
+# keras.applications ResNet50, DenseNet121, NASNetMobile, EfficientNetB0, ...).
+STALL_WINDOW_MIN = 10000
+STALL_WINDOW_PER_OP = 10
 
 
 class Slice(NamedTuple('Slice', [('start_index', int), ('size', int)])):
@@ -126,7 +134,8 @@ class OpRegularizerManager:
       not a list of the expected items.
     ValueError: `output_boundary` is empty, or a force-group or blacklist
       regex cannot be applied (see the messages).
-    RuntimeError: the grouping did not finish within `iteration_limit`.
+    RuntimeError: the grouping did not finish within `iteration_limit`, or
+      made no progress for a long time (ops waiting for each other forever).
     UnsupportedOpError: an op without a handler had to be grouped (see
       `op_handler_dict`).
   """
@@ -156,10 +165,18 @@ class OpRegularizerManager:
     self._dfs_for_source_ops(output_boundary, input_boundary)
 
     iteration_count = 0
-    while self._op_deque and iteration_count < iteration_limit:
+    # Handler calls since the grouping last changed (see STALL_WINDOW_MIN).
+    stalled_count = 0
+    stall_window = max(STALL_WINDOW_MIN, STALL_WINDOW_PER_OP * len(self._all_ops))
+    marker = self._progress_marker()
+    while (self._op_deque and iteration_count < iteration_limit
+           and stalled_count < stall_window):
       op = self._op_deque.pop()
       self._get_handler(op).assign_grouping(op, self)
       iteration_count += 1
+      new_marker = self._progress_marker()
+      stalled_count = stalled_count + 1 if new_marker == marker else 0
+      marker = new_marker
     if iteration_count >= iteration_limit:
       remaining = ['%s (%s)' % (op.name, op.type) for op in self._op_deque]
       raise RuntimeError(
@@ -169,12 +186,29 @@ class OpRegularizerManager:
           'number of channels in a way their handler cannot align (e.g. a '
           'SplitV), register a handler for their type (e.g. LeafOpHandler) '
           'or move the input boundary past them.')
+    if stalled_count >= stall_window:
+      remaining = ['%s (%s)' % (op.name, op.type) for op in self._op_deque]
+      raise RuntimeError(
+          f'OpRegularizerManager could not handle ops: {remaining}. The '
+          f'grouping made no progress in {stalled_count} handler calls (after '
+          f'{iteration_count} in all): these ops keep waiting for neighbours '
+          'whose number of channels differs from theirs and never changes. '
+          'If these ops change the number of channels (e.g. a SplitV, or an '
+          'op reducing or tiling the channel axis), register a handler for '
+          'their type (e.g. LeafOpHandler) or move the input boundary past '
+          'them.')
 
     self._force_group(force_group)
     self._create_regularizers(regularizer_blacklist, create_grouping_regularizer)
 
-    # Only the ops touched during grouping are reported.
+    # Only the ops touched during grouping are reported; the crawled ones are
+    # kept apart (see `crawled_ops`).
+    self._crawled_ops = frozenset(self._all_ops)
     self._all_ops = set(self._op_slice_dict.keys())
+
+  def _progress_marker(self):
+    """Changes whenever a group is created or an op gets its slices."""
+    return OpGroup._static_index, len(self._op_slice_dict)
 
   def _force_group(self, force_group: Optional[List[str]]) -> None:
     """Merges the groups of the ops matching each regex of `force_group`."""
@@ -290,6 +324,21 @@ class OpRegularizerManager:
           to_visit.append(op_input.op)
     logging.info('OpRegularizerManager found %d ops and %d sources.',
                  len(visited), len(self._op_deque))
+    # Beyond the original, which said nothing. Both results are kept as the
+    # original's (an empty analysis; boundary ops that stop nothing), since
+    # graph-mode scripts may rely on them; `from_keras_model` rejects both.
+    if not self._all_ops:
+      logging.warning(
+          'The crawl from the output boundary found no op to analyse: every op '
+          'of output_boundary is also in input_boundary (%s). Nothing is '
+          'regularized or costed.', sorted(op.name for op in output_boundary))
+    unreached = sorted(op.name for op in input_boundary if op not in visited)
+    if unreached:
+      logging.warning(
+          'Ops of input_boundary are not reached from the output boundary and '
+          'stop nothing: %s. The analysis runs up to the graph inputs on those '
+          'paths; check that these ops lie upstream of the output boundary.',
+          unreached)
 
   def _is_registered_source(self, op: tf.Operation) -> bool:
     """True if a handler is registered for `op.type` and it is a source.
@@ -305,6 +354,17 @@ class OpRegularizerManager:
   def ops(self):
     """The ops grouped by the manager (during construction: the crawled ops)."""
     return self._all_ops
+
+  @property
+  def crawled_ops(self):
+    """Every op between the output and the input boundary (beyond the original).
+
+    A superset of `ops`: it also holds ops that no grouping reached, e.g. a
+    depthwise convolution between the input and a `Reshape` when no source is
+    near it. The cost calculator costs the FLOP ops among them (with their
+    full channel counts) so that they are not missing from the cost.
+    """
+    return self._crawled_ops
 
   def get_regularizer(self, op: tf.Operation) -> Any:
     """Returns the `OpRegularizer` of `op`'s output channels, or None.

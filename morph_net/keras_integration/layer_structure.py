@@ -69,7 +69,14 @@ class LayerStructureExporter:
     return {key: op_name for op_name, key in self._keys.items()}
 
   def alive_counts(self) -> Dict[str, int]:
-    """Alive channels per key, evaluated eagerly from the current variables."""
+    """Alive channels per key, evaluated eagerly from the current variables.
+
+    Raises:
+      ValueError: a regularization value (gamma, kernel norm) is NaN or
+        infinite; the message names the layers (nothing is exported then).
+    """
+    structure_exporter.check_finite_regularization(
+        {self._keys[name]: reg for name, reg in self._regularizers.items()})
     return {self._keys[name]: int(tf.reduce_sum(tf.cast(reg.alive_vector, tf.int32)))
             for name, reg in self._regularizers.items()}
 

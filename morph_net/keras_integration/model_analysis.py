@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 import keras
 from absl import logging
 
+from morph_net.framework import errors
+from morph_net.framework import function_call_op_handler
 from morph_net.keras_integration import tracing
 
 
@@ -69,6 +71,9 @@ def build_network_regularizer(cls, model, *args,
   Raises:
     ValueError: the model cannot be traced, or (Gamma regularizers) it has no
       BatchNormalization layer that MorphNet can regularize.
+    UnsupportedOpError: a layer of the analysed part traces into an op that
+      MorphNet cannot analyse, e.g. a Conv2D with `groups > 1` (a nested
+      function call); the message names the layer (`UnsupportedLayerError`).
   """
   for reserved in ('output_boundary', 'input_boundary'):
     if reserved in kwargs:
@@ -80,10 +85,101 @@ def build_network_regularizer(cls, model, *args,
   traced = tracing.trace_model(model, input_shape, output_layers=output_layers,
                                input_layers=input_layers)
   input_boundary = tracing.input_boundary_ops(traced, input_layers)
-  regularizer = cls(traced.output_ops, *args, input_boundary=input_boundary, **kwargs)
+  _check_analysed_part(traced, input_layers, input_boundary)
+  try:
+    regularizer = cls(traced.output_ops, *args, input_boundary=input_boundary, **kwargs)
+  except errors.UnsupportedOpError as e:
+    raise _layer_error(traced, e.op_name, e.op_type, str(e)) from None
   regularizer._traced_model = traced
   _check_sources_found(cls, regularizer, model)
   return regularizer
+
+
+class UnsupportedLayerError(errors.UnsupportedOpError):
+  """A Keras layer traced into an op MorphNet cannot analyse.
+
+  Attributes:
+    layer_name: the layer's name (None if the op could not be mapped).
+    op_name, op_type: the op, as in `UnsupportedOpError`.
+  """
+
+  def __init__(self, message: str, layer_name: Optional[str], op_name: str,
+               op_type: str):
+    # The message is complete: skip UnsupportedOpError's own formatting.
+    ValueError.__init__(self, message)
+    self.layer_name = layer_name
+    self.op_name = op_name
+    self.op_type = op_type
+
+
+def _check_analysed_part(traced, input_layers, input_boundary) -> None:
+  """Checks the ops between the output and the input boundary.
+
+  Raises:
+    UnsupportedLayerError: a function-call op (e.g. a Conv2D with groups > 1)
+      is in the analysed part: it hides its convolution, whose FLOPs would
+      silently be missing from the cost even where no grouping reaches it.
+    ValueError: the output boundary lies within the input boundary (nothing
+      to analyse), or an input layer is not upstream of the output boundary
+      (the analysis would silently run past it, up to the model inputs).
+  """
+  stop = set(input_boundary or ())
+  if all(op in stop for op in traced.output_ops):
+    raise ValueError(
+        'Nothing to analyse: every op of the output boundary is also in the '
+        'input boundary. Received: output_layers and input_layers naming the '
+        f'same layers (input_layers={list(input_layers or [])!r}). Name input '
+        'layers upstream of (before) the output layers.')
+  to_visit = list(traced.output_ops)
+  seen = set(to_visit)
+  while to_visit:
+    op = to_visit.pop()
+    if op in stop:
+      continue
+    if op.type in function_call_op_handler.FUNCTION_CALL_OP_TYPES:
+      raise _layer_error(traced, op.name, op.type, None)
+    for tensor in op.inputs:
+      if tensor.op not in seen:
+        seen.add(tensor.op)
+        to_visit.append(tensor.op)
+  unreached = [name for name in input_layers or ()
+               if not any(op in seen for op in traced.layer_output_ops[name])]
+  if unreached:
+    raise ValueError(
+        f'input_layers {unreached} are not upstream of the output boundary '
+        f'(the model outputs or output_layers), so they would stop nothing. '
+        f'Received: input_layers={list(input_layers)!r}. Name layers that '
+        'the outputs depend on, before the output layers.')
+
+
+def _layer_error(traced, op_name: str, op_type: str,
+                 original: Optional[str]) -> UnsupportedLayerError:
+  """An UnsupportedLayerError naming the Keras layer that created the op."""
+  try:
+    op = traced.graph.get_operation_by_name(op_name)
+  except (KeyError, ValueError):
+    op = None
+  layer = traced.layer_of(op) if op is not None else None
+  if layer is None:
+    where = f'An op of model {traced.model.name!r}'
+    layer_name = None
+  else:
+    layer_name = layer.name
+    groups = getattr(layer, 'groups', 1) or 1
+    detail = f' with groups={groups}' if groups > 1 else ''
+    where = f'Layer {layer.name!r} ({type(layer).__name__}{detail})'
+  if op_type in function_call_op_handler.FUNCTION_CALL_OP_TYPES:
+    message = (
+        f'{where} cannot be analysed: it runs as a nested function call '
+        f'(op {op_name!r} of type {op_type!r}) whose convolutions MorphNet '
+        'cannot see, so its FLOPs and channels would be lost. Keras 3 on '
+        'TensorFlow does this for convolutions with groups > 1: use groups=1 '
+        '(or DepthwiseConv2D when groups equals the input channels), or leave '
+        'the layer outside the analysed part with input_layers=[...] / '
+        'output_layers=[...].')
+  else:
+    message = f'{where} cannot be analysed. {original}'
+  return UnsupportedLayerError(message, layer_name, op_name, op_type)
 
 
 def _check_sources_found(cls, regularizer, model) -> None:

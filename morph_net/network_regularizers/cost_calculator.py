@@ -60,7 +60,7 @@ class CostCalculator:
 
     Args:
       ops: The ops to cost. None or an empty list means all the ops of the
-        manager.
+        manager, and the FLOP ops it crawled without grouping them.
 
     Returns:
       A float32 scalar tensor of the current context, or the Python float
@@ -82,10 +82,24 @@ class CostCalculator:
     """
     return self._get_cost_or_regularization_term(True, ops)
 
+  def _default_ops(self):
+    """The manager's ops, plus the FLOP ops it crawled but never grouped.
+
+    Beyond the original, which costed only `manager.ops` (the ops touched
+    while grouping): a convolution that no grouping reached (e.g. a depthwise
+    convolution between the input and a `Flatten`, with no source near it)
+    silently vanished from the cost. Such ops have no regularizer and are
+    costed with their full channel counts.
+    """
+    ops = set(self._manager.ops)
+    ops.update(op for op in getattr(self._manager, 'crawled_ops', ())
+               if op.type in FLOP_OPS)
+    return ops
+
   def _get_cost_or_regularization_term(self, is_regularization, ops):
     if not ops:
       if tf.executing_eagerly() and any(
-          op.type in SUPPORTED_OPS for op in self._manager.ops):
+          op.type in SUPPORTED_OPS for op in self._default_ops()):
         compiled = self._compiled.get(is_regularization)
         if compiled is None:
           compiled = tf.function(
@@ -102,7 +116,7 @@ class CostCalculator:
   def _sum_over_ops_in_scope(self, is_regularization, ops):
     if not ops:
       # A set: sort by name so that the sum is built in a reproducible order.
-      ops = sorted(self._manager.ops, key=lambda op: op.name)
+      ops = sorted(self._default_ops(), key=lambda op: op.name)
     # Within one call every tensor belongs to the same context, so the counts
     # of a regularizer shared by several ops (a group) can be reused.
     alive_counts = {}
@@ -120,10 +134,11 @@ class CostCalculator:
         input_tensor = get_input_activation(op)
       input_regularizer = self._manager.get_regularizer(input_tensor.op)
       output_regularizer = self._manager.get_regularizer(op)
+      # Costs propagate non-finite regularization values (see _count_alive).
       num_alive_inputs = _count_alive(input_tensor, input_regularizer,
-                                      alive_counts)
+                                      alive_counts, not is_regularization)
       num_alive_outputs = _count_alive(op.outputs[0], output_regularizer,
-                                       alive_counts)
+                                       alive_counts, not is_regularization)
       reg_inputs = _sum_regularization(input_regularizer, reg_sums)
       reg_outputs = _sum_regularization(output_regularizer, reg_sums)
       total += self._resource_function(
@@ -168,22 +183,48 @@ def get_input_activation(op: tf.Operation) -> tf.Tensor:
   return op.inputs[0]
 
 
-def _count_alive(tensor: tf.Tensor, regularizer, cache):
+# (graph id, tensor name) of tensors already warned about (unknown channels).
+_warned_unknown_channels = set()
+
+
+def _count_alive(tensor: tf.Tensor, regularizer, cache,
+                 propagate_non_finite: bool = False):
   """Number of alive channels of `tensor`, as a float32 scalar tensor.
 
   The sum of the regularizer's alive vector; without a regularizer, the static
   channel count of `tensor` (0 if unknown).
+
+  With `propagate_non_finite` (used for costs; beyond the original) the count
+  is NaN when the regularization vector holds a NaN or an infinity, e.g.
+  gammas after a diverged training step: `|nan| > threshold` is False, so the
+  channel would be counted dead and the cost would silently drop instead.
   """
   if regularizer is None:
     channels = tensor.shape[-1] if tensor.shape.rank else None
     if channels is None:
-      logging.info('Unknown number of channels for tensor %s; counted as 0.',
-                   tensor.name)
+      # A warning (the original logged at info level): the op's cost is wrong.
+      key = (id(tensor.graph), tensor.name)
+      if key not in _warned_unknown_channels:
+        _warned_unknown_channels.add(key)
+        consumers = ', '.join(op.name for op in tensor.consumers()) or 'none'
+        logging.warning(
+            'Unknown number of channels for tensor %r (read by %s): counted '
+            'as 0 alive channels, so the cost of its consumers is undercounted. '
+            'Give the tensor a static channel dimension (e.g. set_shape).',
+            tensor.name, consumers)
       channels = 0
     return tf.constant(float(channels), tf.float32)
-  return _memoized_sum(
-      regularizer, cache,
-      lambda r: tf.reduce_sum(tf.cast(r.alive_vector, tf.float32)))
+  if not propagate_non_finite:
+    return _memoized_sum(
+        regularizer, cache,
+        lambda r: tf.reduce_sum(tf.cast(r.alive_vector, tf.float32)))
+
+  def guarded_count(r):
+    count = tf.reduce_sum(tf.cast(r.alive_vector, tf.float32))
+    # 0 * x is 0 for a finite x, NaN for NaN or +-inf.
+    return count + 0.0 * tf.reduce_sum(tf.cast(r.regularization_vector, tf.float32))
+
+  return _memoized_sum(regularizer, cache, guarded_count)
 
 
 def _sum_regularization(regularizer, cache):

@@ -17,6 +17,7 @@ latency and activation-count regularizers use them too.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -210,8 +211,28 @@ def _group_lasso_op_handler_dict(threshold, l1_fraction, regularizer_decorator,
 
 
 def _check_threshold(name: str, value) -> None:
-  """Raises ValueError for a negative threshold (tensors are not checked)."""
-  if isinstance(value, numbers.Real) and value < 0:
+  """Raises for a threshold that is not a finite number >= 0.
+
+  Tensors and variables are not checked (their value is read when evaluated).
+  A NaN threshold would make every channel dead (`|gamma| > nan` is False)
+  and an infinite one too: both are rejected.
+
+  Raises:
+    TypeError: `value` is not a real number (or tensor).
+    ValueError: `value` is negative, NaN or infinite.
+  """
+  if tf.is_tensor(value) or isinstance(value, tf.Variable):
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(
+        f'{name} must be a number. Received: {name}={value!r} of type '
+        f'{type(value).__name__}.')
+  if not math.isfinite(value):
+    raise ValueError(
+        f'{name} must be a finite number >= 0: a channel is alive when its '
+        f'regularizer exceeds it, and no value exceeds NaN or inf. '
+        f'Received: {name}={value!r}.')
+  if value < 0:
     raise ValueError(
         f'{name} must be non-negative: a channel is alive when its '
         f'regularizer exceeds it. Received: {name}={value!r}.')

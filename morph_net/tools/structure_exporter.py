@@ -164,8 +164,11 @@ class StructureExporter:
     Raises:
       RuntimeError: not executing eagerly, or the exporter is bound to a
         `tf.compat.v1` graph (evaluate `tensors` in a session instead).
+      ValueError: a regularization value is NaN or infinite (see
+        `check_finite_regularization`).
     """
     self._check_eagerly_readable()
+    check_finite_regularization(self._regularizers)
     return _compute_alive_counts(
         {k: np.asarray(v) for k, v in self._alive_vectors().items()})
 
@@ -252,6 +255,36 @@ class StructureExporter:
           'compute_alive_counts() cannot evaluate an exporter built inside a '
           'tf.compat.v1 graph. Evaluate `exporter.tensors` in a session and '
           'call `populate_tensor_values` instead.')
+
+
+def check_finite_regularization(regularizers: Mapping[str, Any]) -> None:
+  """Raises ValueError if a regularization vector holds NaN or infinity.
+
+  Beyond the original. Alive vectors compare the regularization values with a
+  threshold, and `nan > t` is False: NaN gammas (a diverged training step)
+  would export as dead channels, a silently wrong structure. The eager export
+  paths call this first, so that nothing is written then.
+
+  Args:
+    regularizers: Exported name -> OpRegularizer, evaluated eagerly.
+
+  Raises:
+    ValueError: naming every entry with non-finite values and their number.
+  """
+  bad = []
+  for name, regularizer in regularizers.items():
+    values = np.asarray(regularizer.regularization_vector, dtype=np.float64)
+    non_finite = int(np.size(values) - np.sum(np.isfinite(values)))
+    if non_finite:
+      bad.append(f'{name!r} ({non_finite} of {np.size(values)} values: '
+                 f'{np.sum(np.isnan(values))} NaN, {np.sum(np.isinf(values))} inf)')
+  if bad:
+    raise ValueError(
+        'Cannot compute alive counts: the regularization values (e.g. batch '
+        'norm gammas or kernel norms) of ' + ', '.join(bad) + ' are not '
+        'finite, so which channels are alive is undefined. Training has '
+        'probably diverged: lower the learning rate or the regularization '
+        'strength, or restore an earlier checkpoint.')
 
 
 def _in_plain_graph() -> bool:

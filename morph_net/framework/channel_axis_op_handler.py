@@ -1,0 +1,109 @@
+"""OpHandler for ops that keep their channels or not, depending on their axes.
+
+Beyond the original library, which handled these op types as element-wise
+(`GroupingOpHandler`). Some ops keep the channels of their input only for some
+arguments:
+
+* a reduction (`Mean`, `Sum`, `Max`, ...) over spatial axes, as in global
+  pooling, keeps the channels; over the channel axis, as in the statistics of
+  a Keras `LayerNormalization`, it does not (its output has size 1, or the
+  size of another axis);
+* `Tile` keeps the channels when its multiple on the last axis is 1 (as in
+  the nearest-neighbour `UpSampling2D` of Keras 3), not otherwise.
+
+Grouped with its input although the sizes differ, such an op waited forever
+for a neighbour of another size, until the manager's iteration limit (a
+LayerNormalization took ~20 s to fail). `ChannelAxisOpHandler` decides per op
+(`handler_for_op`): it groups like `GroupingOpHandler([0])` (only input 0
+carries channels; the axes or multiples are a shape argument) when the op
+keeps its channels, and like `LeafOpHandler` (channels end here; what follows
+is a new group) when it does not or when the arguments are not constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from morph_net.framework import grouping_op_handler
+from morph_net.framework import leaf_op_handler
+from morph_net.framework import op_handler
+
+REDUCTION_OP_TYPES = ('Mean', 'Sum', 'Max', 'Min', 'Prod', 'All', 'Any',
+                      'EuclideanNorm')
+
+
+def _constant_value(tensor: tf.Tensor) -> Optional[np.ndarray]:
+  """The value of `tensor` if a `Const` op produces it, else None."""
+  op = tensor.op
+  while op.type == 'Identity':
+    op = op.inputs[0].op
+  if op.type != 'Const':
+    return None
+  return tf.make_ndarray(op.get_attr('value'))
+
+
+def reduction_keeps_channels(op: tf.Operation) -> bool:
+  """True if the reduction `op` does not reduce the last (channel) axis.
+
+  False when the input rank or the reduction axes are not statically known.
+  """
+  rank = op.inputs[0].shape.rank
+  if not rank or len(op.inputs) < 2:
+    return False
+  axes = _constant_value(op.inputs[1])
+  if axes is None:
+    return False
+  axes = {int(axis) % rank for axis in np.ravel(axes)}
+  return (rank - 1) not in axes
+
+
+def tile_keeps_channels(op: tf.Operation) -> bool:
+  """True if `Tile` repeats its input once along the last (channel) axis."""
+  multiples = _constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
+  if multiples is not None:
+    multiples = np.ravel(multiples)
+    return multiples.size > 0 and int(multiples[-1]) == 1
+  # Multiples computed at run time (e.g. Keras' repeat): equal static channel
+  # counts of input and output mean a multiple of 1 on the last axis.
+  in_shape, out_shape = op.inputs[0].shape, op.outputs[0].shape
+  if not in_shape.rank or in_shape.rank != out_shape.rank:
+    return False
+  in_channels, out_channels = in_shape[-1], out_shape[-1]
+  return in_channels is not None and in_channels == out_channels
+
+
+class ChannelAxisOpHandler(op_handler.OpHandler):
+  """Groups an op with its input 0 if it keeps its channels, else ends the chain.
+
+  Args:
+    keeps_channels: Predicate on the op, e.g. `reduction_keeps_channels` or
+      `tile_keeps_channels`.
+  """
+
+  def __init__(self, keeps_channels: Callable[[tf.Operation], bool]):
+    self._keeps_channels = keeps_channels
+    self._grouping = grouping_op_handler.GroupingOpHandler([0])
+    self._leaf = leaf_op_handler.LeafOpHandler()
+
+  def handler_for_op(self, op: tf.Operation) -> op_handler.OpHandler:
+    """The handler for this particular op (the manager asks it per op)."""
+    return self._grouping if self._keeps_channels(op) else self._leaf
+
+  @property
+  def is_source_op(self) -> bool:
+    return False
+
+  @property
+  def is_passthrough(self) -> bool:
+    # As a type; per op, the manager asks `handler_for_op`.
+    return True
+
+  def assign_grouping(self, op: tf.Operation, op_reg_manager: Any) -> None:
+    """Groups `op` with the handler chosen for it by `handler_for_op`."""
+    self.handler_for_op(op).assign_grouping(op, op_reg_manager)
+
+  def create_regularizer(self, op_slice: Any) -> Any:
+    raise NotImplementedError('Not a source op.')
