@@ -171,7 +171,9 @@ def _group_lasso_properties(spec: random_models.ModelSpec) -> None:
   # Latency (memory traffic of every costed op, incl. adds, concats, BNs).
   latency = latency_regularizer.GroupLassoLatencyRegularizer.from_keras_model(
       model, threshold=KERNEL_THRESHOLD, hardware='P100')
-  assert math.isfinite(float(latency.get_cost())) and float(latency.get_cost()) > 0
+  # >= 0, not > 0: with every channel dead a network moves no memory at all.
+  latency_cost = float(latency.get_cost())
+  assert math.isfinite(latency_cost) and latency_cost >= 0.0
   _check_term(latency)
 
 
