@@ -44,6 +44,7 @@ import tensorflow as tf
 from absl import logging
 
 from morph_net.examples import digits
+from morph_net.examples import fashion_mnist
 from morph_net.examples import plots
 from morph_net.keras_integration import callback as callback_lib
 from morph_net.keras_integration import expand
@@ -75,8 +76,13 @@ class DemoConfig:
     gamma_threshold: a channel is alive iff its BatchNorm |gamma| exceeds it.
     width_multipliers: the uniform width multipliers ω < 1 compared with
       MorphNet (ω = 1, the seed itself, is always compared).
-    train_limit: use only this many training images (None: all 1347).
+    train_limit: use only this many training images (None: all of the
+      dataset's training split).
     seed: seed of the weights, the data order and the split.
+    dataset: 'digits' (scikit-learn's bundled 8x8 digits) or 'fashion_mnist'
+      (28x28 Fashion-MNIST from local files, see `fashion_mnist`).
+    data_dir: where the Fashion-MNIST files are (None: the loader's default).
+    test_limit: evaluate on only this many test images (None: all).
   """
   width: int = 32
   regularized_epochs: int = 30
@@ -88,14 +94,66 @@ class DemoConfig:
   width_multipliers: Tuple[float, ...] = (0.125, 0.25, 0.5)
   train_limit: Optional[int] = None
   seed: int = 0
+  dataset: str = 'digits'
+  data_dir: Optional[str] = None
+  test_limit: Optional[int] = None
 
 
+DATASETS = ('digits', 'fashion_mnist')
+_DATASET_NAMES = {'digits': 'digits', 'fashion_mnist': 'Fashion-MNIST'}
+_DATASET_DESCRIPTIONS = {'digits': 'scikit-learn digits (8x8 grayscale)',
+                         'fashion_mnist': 'Fashion-MNIST (28x28 grayscale)'}
 DEFAULT_CONFIG = DemoConfig()
 # A few seconds of training: for tests and a first look. The accuracies mean
 # little (tiny data, one or two epochs); the pipeline is the same.
 QUICK_CONFIG = DemoConfig(width=8, regularized_epochs=2, retrain_epochs=1,
                           learning_rate=1e-2, strength_multiplier=10.0,
                           width_multipliers=(0.5,), train_limit=256)
+# Fashion-MNIST (28x28, not saturated): width 16, 12,000 training images, 8
+# epochs per training (about 25 minutes on 2 CPU cores).
+FASHION_CONFIG = DemoConfig(width=16, regularized_epochs=8, retrain_epochs=8,
+                            width_multipliers=(0.25, 0.5), train_limit=12000,
+                            dataset='fashion_mnist')
+FASHION_QUICK_CONFIG = dataclasses.replace(QUICK_CONFIG, dataset='fashion_mnist',
+                                           test_limit=1000)
+
+
+def config_for(dataset: str = 'digits', quick: bool = False,
+               data_dir: Optional[str] = None) -> DemoConfig:
+  """The demo's settings for `dataset` ('digits' or 'fashion_mnist').
+
+  Raises:
+    ValueError: an unknown dataset.
+  """
+  if dataset not in DATASETS:
+    raise ValueError(f'Unknown demo dataset. Expected one of {", ".join(DATASETS)}. '
+                     f'Received: dataset={dataset!r}.')
+  if dataset == 'digits':
+    config = QUICK_CONFIG if quick else DEFAULT_CONFIG
+  else:
+    config = FASHION_QUICK_CONFIG if quick else FASHION_CONFIG
+  return dataclasses.replace(config, data_dir=data_dir) if data_dir else config
+
+
+def load_data(config: DemoConfig) -> Tuple[Data, Data, Tuple[int, int, int], str]:
+  """`(train, test, image_shape, description)` of the demo's dataset.
+
+  Raises:
+    ValueError: an unknown dataset.
+    FileNotFoundError: Fashion-MNIST is not installed (the message says how).
+  """
+  if config.dataset == 'digits':
+    train, test = digits.load_digits(seed=config.seed, train_limit=config.train_limit)
+    if config.test_limit is not None:
+      test = (test[0][:config.test_limit], test[1][:config.test_limit])
+    return train, test, digits.IMAGE_SHAPE, _DATASET_DESCRIPTIONS['digits']
+  if config.dataset == 'fashion_mnist':
+    train, test = fashion_mnist.load_fashion_mnist(
+        config.data_dir, train_limit=config.train_limit, test_limit=config.test_limit,
+        seed=config.seed)
+    return train, test, fashion_mnist.IMAGE_SHAPE, _DATASET_DESCRIPTIONS['fashion_mnist']
+  raise ValueError(f'Unknown demo dataset. Expected one of {", ".join(DATASETS)}. '
+                   f'Received: dataset={config.dataset!r}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,7 +557,7 @@ def run_demo(config: DemoConfig = DEFAULT_CONFIG, output_dir: str = 'morphnet_de
   start = time.perf_counter()
   check_output_dir(output_dir)
   plots.require_matplotlib()
-  train, test = digits.load_digits(seed=config.seed, train_limit=config.train_limit)
+  train, test, image_shape, description = load_data(config)
 
   def say(text: str) -> None:
     print(text, file=stream, flush=True)
@@ -509,11 +567,11 @@ def run_demo(config: DemoConfig = DEFAULT_CONFIG, output_dir: str = 'morphnet_de
     _remove_old_exports(output_dir)
     cost_fn = flops_fn()
     keras.utils.set_random_seed(config.seed)
-    seed = seed_model(config.width)
+    seed = seed_model(config.width, input_shape=image_shape)
     seed_flops = cost_fn(seed)
     say(f'[1/4] Training the seed network (width {config.width}, {seed_flops:,.0f} FLOPs '
         f'per image) with the FLOP regularizer for {config.regularized_epochs} epochs on '
-        f'{len(train[0])} digits...')
+        f'{len(train[0])} images of {description}...')
     learned = learn_structure(seed, train, test, config, export_dir=output_dir)
     learned_path = structure_io.save_structure(
         os.path.join(output_dir, 'learned_structure.json'), learned.learned_widths)
@@ -585,7 +643,7 @@ def write_plots(result: DemoResult) -> None:
       {'seed': [result.seed_widths[k] for k in layers],
        'FLOP-regularized (learned)': [result.learned_widths[k] for k in layers],
        'expanded to the seed FLOPs': [result.expanded_widths.get(k, 0) for k in layers]},
-      title='MorphNet on digits: widths per layer')
+      title=f'MorphNet on {_DATASET_NAMES[result.config.dataset]}: widths per layer')
   curves = []
   for family, label in (('uniform', 'uniform width multiplier (seed × ω)'),
                         ('MorphNet', 'MorphNet (learned widths, expanded)')):
@@ -596,7 +654,7 @@ def write_plots(result: DemoResult) -> None:
                       if family == 'uniform' else None)))
   plots.plot_accuracy_vs_flops(
       result.files['accuracy_plot'], curves,
-      title=f'Digits: test accuracy vs FLOPs (one seed, {result.config.retrain_epochs} '
+      title=f'{_DATASET_NAMES[result.config.dataset]}: test accuracy vs FLOPs (one seed, {result.config.retrain_epochs} '
       'epochs from scratch)')
 
 
@@ -607,7 +665,8 @@ def _percent(value: float, total: float) -> str:
 def format_report(result: DemoResult) -> str:
   """The demo's tables: widths per layer, FLOPs, accuracies, files."""
   lines = [
-      f'MorphNet on scikit-learn digits (8x8 grayscale; {result.train_examples} train / '
+      f'MorphNet on {_DATASET_DESCRIPTIONS[result.config.dataset]} '
+      f'({result.train_examples} train / '
       f'{result.test_examples} test images), seed width {result.config.width}, '
       f'strength {result.regularization_strength:.3g}',
       '',
