@@ -368,7 +368,9 @@ class LearnedStructure:
 
 def learn_structure(model: keras.Model, train: Data, test: Data, config: DemoConfig,
                     export_dir: Optional[str] = None, verbose: Optional[int] = None,
-                    seed_value: Optional[int] = None) -> LearnedStructure:
+                    seed_value: Optional[int] = None, *,
+                    regularizer_class: type = flop_regularizer.GammaFlopsRegularizer
+                    ) -> LearnedStructure:
   """Trains `model` with the FLOP regularizer and reads the learned widths.
 
   Args:
@@ -380,12 +382,15 @@ def learn_structure(model: keras.Model, train: Data, test: Data, config: DemoCon
       every epoch; None writes nothing.
     verbose: Keras `fit` verbosity; None: progress bars (see `_verbosity`).
     seed_value: seeds the data order. Defaults to `config.seed`.
+    regularizer_class: a Gamma network regularizer class (its second argument
+      is the gamma threshold). Defaults to GammaFlopsRegularizer;
+      e.g. GammaModelSizeRegularizer learns where the weights are.
 
   Returns:
     A LearnedStructure.
   """
   keras.utils.set_random_seed(config.seed if seed_value is None else seed_value)
-  regularizer = flop_regularizer.GammaFlopsRegularizer.from_keras_model(
+  regularizer = regularizer_class.from_keras_model(
       model, gamma_threshold=config.gamma_threshold)
   strength = config.strength_multiplier * training.recommend_strength(regularizer).strength
   trainer = training.MorphNetModel(model, regularizer, regularization_strength=strength)
