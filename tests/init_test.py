@@ -58,7 +58,7 @@ def test_public_names_are_the_module_objects(name):
 
 def test_unknown_attribute_is_an_attribute_error():
   with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
-    morph_net.Nope  # pylint: disable=pointless-statement
+    _ = morph_net.Nope
 
 
 def test_version_is_the_one_setup_py_builds():
