@@ -35,6 +35,7 @@ from typing import Iterator, Optional
 
 import tensorflow as tf
 
+
 def _parameter_server_classes():
   classes = [tf.distribute.experimental.ParameterServerStrategy]
   v1 = getattr(tf.compat.v1.distribute.experimental, 'ParameterServerStrategy', None)
