@@ -98,3 +98,24 @@ def test_strategy_from_environment(monkeypatch):
   monkeypatch.setenv('TF_CONFIG', 'not json')
   with pytest.raises(ValueError, match='TF_CONFIG must be JSON'):
     distribution.strategy_from_environment()
+
+
+def test_learn_reports_a_bad_tf_config_on_one_line(monkeypatch, tmp_path, capsys):
+  from morph_net.cli import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('TF_CONFIG', '{"cluster": ')
+  code = main.main(['learn', '--model', str(tmp_path / 'm.keras'), '--data',
+                    str(tmp_path / 'd.npz'), '--export-dir', str(tmp_path / 'run')])
+  assert code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('morphnet learn: error: TF_CONFIG must be JSON') and '\n' not in err
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_fit_mixin_changes_nothing_outside_multi_worker_runs():
+  assert not distribution.in_multi_worker_mode(tf.distribute.MirroredStrategy(['/cpu:0']))
+  # Inside multi-worker runs, scalar logs become 1-element vectors (Keras then
+  # averages them over the replicas along axis 0); other values are kept.
+  logs = distribution._scalars_as_vectors({'loss': tf.constant(2.0),
+                                           'v': tf.constant([1.0, 3.0]), 'n': 4})
+  assert logs['loss'].shape == (1,) and float(logs['loss'][0]) == 2.0
+  assert logs['v'].shape == (2,) and logs['n'] == 4
