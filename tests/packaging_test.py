@@ -117,18 +117,19 @@ def test_wheel_installs_next_to_tensorflow_without_a_second_distribution(tmp_pat
       capture_output=True, text=True, check=True).stdout.strip()
   with open(os.path.join(purelib, 'seed.pth'), 'w') as f:
     f.write(str(_seed_directory(tmp_path)) + '\n')
+  # Without PYTHONPATH: a checkout on it (with its .egg-info) would look installed.
+  clean_env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   report = tmp_path / 'report.json'
   # The shared pip, acting on the new environment; the configured index is used.
   result = subprocess.run(
       [sys.executable, '-m', 'pip', '--python', python, 'install', '-q',
        '--report', str(report), str(wheel)],
-      capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK='1'))
+      capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+      env=dict(clean_env, PIP_DISABLE_PIP_VERSION_CHECK='1'))
   assert result.returncode == 0, result.stderr[-3000:]
   with open(report) as f:
     installed = [item['metadata']['name'] for item in json.load(f)['install']]
   assert installed == ['morph_net'] or installed == ['morph-net'], installed
-  clean_env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   names = subprocess.run(
       [python, '-c', 'import importlib.metadata as m; '
        'print("\\n".join(sorted({d.metadata["Name"] for d in m.distributions()})))'],
