@@ -26,18 +26,26 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["morph_net", "morph_net.*"]),
     python_requires=">=3.9",
+    # As TensorFlow add-ons do, no TensorFlow distribution is required here:
+    # `tensorflow`, `tensorflow-cpu` and `tensorflow[and-cuda]` all install the
+    # same `tensorflow` package, and requiring one next to another would install
+    # both. `import morph_net` checks that TensorFlow >= 2.16 and Keras 3 are
+    # importable and names the command below otherwise. Choose with an extra:
     install_requires=[
-        # Either the full or the CPU wheel satisfies the import; we name the CPU
-        # wheel only when the full one is absent (see README).
-        "tensorflow-cpu>=2.16" if os.environ.get("MORPH_NET_TF", "cpu") == "cpu"
-        else "tensorflow>=2.16",
+        "keras>=3.0",
         "numpy",
         "absl-py",
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
         # `morphnet demo`: scikit-learn ships the digits data, matplotlib draws the plots.
         "demo": ["scikit-learn", "matplotlib"],
         "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib"],
+        # keras-hub's model coverage (slow tests). keras-hub needs tensorflow-text,
+        # which requires the full `tensorflow` wheel: not to be combined with [cpu]
+        # (pip would install tensorflow next to tensorflow-cpu); see README.
+        "hub": ["keras-hub", "tensorflow>=2.16"],
     },
     entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",

@@ -167,7 +167,17 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  """Runs `learn`; under TF_CONFIG naming 2+ tasks, as one worker of a
+  MultiWorkerMirroredStrategy cluster whose chief alone writes --export-dir."""
+  from morph_net.keras_integration import distribution  # pylint: disable=g-import-not-at-top
+  strategy = distribution.strategy_from_environment()
+  with strategy.scope():
+    return _run(args, strategy)
+
+
+def _run(args: argparse.Namespace, strategy) -> int:
   import keras  # pylint: disable=g-import-not-at-top
+  from morph_net.keras_integration import distribution  # pylint: disable=g-import-not-at-top
   from morph_net.keras_integration import callback as callback_lib  # pylint: disable=g-import-not-at-top
   from morph_net.keras_integration import layer_structure  # pylint: disable=g-import-not-at-top
   from morph_net.keras_integration import shrink  # pylint: disable=g-import-not-at-top
@@ -209,15 +219,6 @@ def run(args: argparse.Namespace) -> int:
   exporter = layer_structure.LayerStructureExporter(regularizer)
   counts = exporter.alive_counts()
   totals = exporter.channel_counts()
-  paths = {
-      'learned_structure': structure_io.save_structure(
-          os.path.join(args.export_dir, 'learned_structure.json'), counts),
-      'learned_masks': structure_io.save_structure(
-          os.path.join(args.export_dir, 'learned_masks.json'),
-          shrink.channel_masks(regularizer)),
-      'trained_model': common.save_model_atomically(
-          model, os.path.join(args.export_dir, 'trained_model.keras')),
-  }
   final_cost = float(regularizer.get_cost())
   summary = {
       'regularizer': type(regularizer).__name__, 'cost_name': cost_name,
@@ -227,8 +228,20 @@ def run(args: argparse.Namespace) -> int:
       'last_logs': {k: float(v[-1]) for k, v in history.history.items() if v},
       'exported_steps': [os.path.basename(p) for p in morphnet_callback.exported_paths],
   }
-  paths['summary'] = common.write_json_atomically(
-      os.path.join(args.export_dir, 'learn_summary.json'), summary)
+  # Only the chief writes into --export-dir (others: a temporary directory).
+  with distribution.writable_directory(args.export_dir, strategy) as out_dir:
+    paths = {
+        'learned_structure': structure_io.save_structure(
+            os.path.join(out_dir, 'learned_structure.json'), counts),
+        'learned_masks': structure_io.save_structure(
+            os.path.join(out_dir, 'learned_masks.json'),
+            shrink.channel_masks(regularizer)),
+        'trained_model': common.save_model_atomically(
+            model, os.path.join(out_dir, 'trained_model.keras')),
+    }
+    paths['summary'] = common.write_json_atomically(
+        os.path.join(out_dir, 'learn_summary.json'), summary)
+    paths = {k: distribution.chief_path(v, out_dir, args.export_dir) for k, v in paths.items()}
   print(common.format_structure_table(totals, counts, ('seed', 'learned')))
   share = f' ({100.0 * final_cost / initial_cost:.1f}%)' if initial_cost else ''
   print(f'{cost_name}: {initial_cost:,.6g} -> {final_cost:,.6g}{share}')

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import morph_net
+
 
 def build_parser() -> argparse.ArgumentParser:
   from morph_net.cli import apply, demo, learn, report  # pylint: disable=g-import-not-at-top
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
       prog='morphnet',
       description='MorphNet for TensorFlow 2 / Keras 3: learn layer widths under '
       'a FLOP, model-size or latency budget.')
+  parser.add_argument('--version', action='version', version=f'morphnet {morph_net.__version__}')
   subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
   subparsers.required = True
   report.add_parser(subparsers)

@@ -23,6 +23,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from morph_net.keras_integration import distribution
 from morph_net.keras_integration import layer_structure
 from morph_net.keras_integration import training
 
@@ -143,8 +144,15 @@ class MorphNetCallback(keras.callbacks.Callback):
       self.export(self._global_step())
 
   def export(self, step: int) -> str:
-    """Writes the current alive counts as `alive_<step>`; returns the path."""
-    path = self._structure.save(self._export_dir, step)
+    """Writes the current alive counts as `alive_<step>`; returns the path.
+
+    Under MultiWorkerMirroredStrategy only the chief writes into `export_dir`
+    (see `distribution.writable_directory`); every worker returns its path.
+    """
+    strategy = distribution.current_strategy(self.model)
+    with distribution.writable_directory(self._export_dir, strategy) as directory:
+      path = distribution.chief_path(self._structure.save(directory, step), directory,
+                                     self._export_dir)
     if not self.exported_paths or self.exported_paths[-1] != path:
       self.exported_paths.append(path)
     return path

@@ -22,6 +22,7 @@ from absl import logging
 
 from morph_net.framework import errors
 from morph_net.framework import function_call_op_handler
+from morph_net.keras_integration import distribution
 from morph_net.keras_integration import tracing
 
 
@@ -81,6 +82,7 @@ def build_network_regularizer(cls, model, *args,
           f'from_keras_model takes layer names, not ops: use '
           f'{"output_layers" if reserved == "output_boundary" else "input_layers"}'
           f'=[...] instead of {reserved}=. Received: {reserved}={kwargs[reserved]!r}.')
+  distribution.check_supported_strategy(distribution.current_strategy(model))
   _check_batch_norm_layers(model)
   traced = tracing.trace_model(model, input_shape, output_layers=output_layers,
                                input_layers=input_layers)

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from morph_net.framework import generic_regularizers
+from morph_net.keras_integration import distribution
 
 
 def _check_strength(value) -> float:
@@ -49,7 +50,7 @@ def scale_for_distribution(value: tf.Tensor) -> tf.Tensor:
   return value
 
 
-class MorphNetModel(keras.Model):
+class MorphNetModel(distribution.MultiWorkerFitMixin, keras.Model):
   """A Keras model whose training loss includes a MorphNet regularization term.
 
   Args:
