@@ -322,11 +322,11 @@ def test_hijacking_aliases_leaves_keras_layers_alone():
 def test_all_configurable_types_and_constructed_ops():
   parameterization = {'conv': 3, 'sep_conv': 4, 'dense': 5}
   constructed_ops, originals = configurable_ops.hijack_keras_module(
-      parameterization, test_module.layers)
+      parameterization, test_module)
   try:
     output = test_module.build_model_with_all_configurable_types(_image())
   finally:
-    configurable_ops.recover_module_functions(originals, test_module.layers)
+    configurable_ops.recover_module_functions(originals, test_module)
   assert output.shape.as_list() == [1, 5]
   assert constructed_ops == parameterization
 
@@ -335,12 +335,12 @@ def test_hijack_with_op_name_keys_records_each_type():
   parameterization = {'conv/Conv2D': 3, 'sep_conv/separable_conv2d': 4,
                       'dense/Tensordot/MatMul': 5}
   constructed_ops, originals = configurable_ops.hijack_keras_module(
-      parameterization, test_module.layers)
+      parameterization, test_module)
   try:
     output = test_module.build_model_with_all_configurable_types(
         keras.Input(IMAGE_SHAPE[1:]))
   finally:
-    configurable_ops.recover_module_functions(originals, test_module.layers)
+    configurable_ops.recover_module_functions(originals, test_module)
   assert list(output.shape) == [None, 5]
   assert constructed_ops == parameterization
 

@@ -279,7 +279,34 @@ def test_concat_drops_vanished_values():
   fake = Recorder()
   ops = configurable_ops.ConfigurableOps(function_dict={'concat': fake})
   assert ops.concat(axis=1, values=[1, None, 2]) == 'out'
-  assert fake.calls == [((), {'axis': 1, 'values': [1, 2]})]
+  # As the original (`assert_called_with([1, 2], axis=1)`): the filtered list
+  # goes positionally, even when the caller passed it by keyword.
+  assert fake.calls == [(([1, 2],), {'axis': 1})]
+
+
+@pytest.mark.parametrize('method, list_kwarg', [('concat', 'values'), ('add_n', 'inputs')])
+def test_keyword_list_is_passed_positionally_in_a_v1_graph(method, list_kwarg):
+  # Issue 14, item 5. A function whose list parameter is not named like the
+  # original's keyword (tf.concat's `values`, tf.add_n's `inputs`) still
+  # receives it: a keyword pass-through would raise TypeError here.
+  received = []
+
+  def user_fn(tensors, *args, **kwargs):
+    received.append((len(tensors), args, sorted(kwargs)))
+    return tf.add_n(tensors) if method == 'add_n' else tf.concat(tensors, **kwargs)
+
+  extra = {'axis': 3} if method == 'concat' else {}
+  with tf.Graph().as_default() as graph:
+    a, b = tf.ones([1, 2, 2, 3]), tf.ones([1, 2, 2, 3])
+    ops = configurable_ops.ConfigurableOps(function_dict={method: user_fn})
+    out = getattr(ops, method)(**{list_kwarg: [a, VANISHED, b]}, **extra)
+    with tf.compat.v1.Session(graph=graph) as sess:
+      value = sess.run(out)
+  assert received == [(2, (), sorted(extra))]  # 2 members: the vanished one dropped
+  # concat of two 3-channel maps: 6 channels; add_n of two ones: all 2.0.
+  assert value.shape == ((1, 2, 2, 6) if method == 'concat' else (1, 2, 2, 3))
+  if method == 'add_n':
+    np.testing.assert_allclose(value, 2.0)
 
 
 def test_concat_positional_drops_vanished_values():
