@@ -56,3 +56,29 @@ def default_layer_name(base: str) -> Optional[str]:
   count = counts[base]
   counts[base] += 1
   return base if count == 0 else f'{base}_{count}'
+
+
+def reenter_build_scope(keras_name_scope, build_scope: Optional[str]):
+  """Makes a Keras 3 layer name scope re-enter `build_scope` in a v1 graph.
+
+  Keras 3 enters a layer's name scope anew to build and to call it, and a
+  `tf.compat.v1` graph uniquifies each entry (`gate`, then `gate_1`, ...),
+  which also takes the names of the next default-named layers. TF1 Keras
+  built and called a layer in one scope. A layer's `_open_name_scope`
+  passes its Keras scope through this function: once built, the scope
+  enters `build_scope` absolutely (a trailing '/'), so the ops of the call
+  are named `<build scope>/...` next to the variables.
+
+  Args:
+    keras_name_scope: what `keras.layers.Layer._open_name_scope` returned
+      (the TensorFlow backend's `name_scope`, which holds the TensorFlow
+      scope it enters as `_tf_name_scope`).
+    build_scope: the full name scope the layer was built in, or None.
+
+  Returns:
+    `keras_name_scope`, changed in a v1 graph once `build_scope` is known.
+  """
+  if (build_scope and in_v1_graph()
+      and hasattr(keras_name_scope, '_tf_name_scope')):
+    keras_name_scope._tf_name_scope = tf.name_scope(build_scope + '/')
+  return keras_name_scope

@@ -265,6 +265,9 @@ class LogisticSigmoidGating(keras.layers.Layer):
     self._annealing_rate = annealing_rate
     self._global_step = global_step
     self.mask = None
+    # The name scope of the build, in a tf.compat.v1 graph (see
+    # `_open_name_scope`).
+    self._graph_scope = None
 
   @property
   def axis(self) -> int:
@@ -291,7 +294,15 @@ class LogisticSigmoidGating(keras.layers.Layer):
           f'axis={self._axis!r}.')
     return self._axis % rank
 
+  def _open_name_scope(self):
+    # Calls re-enter the build scope in a v1 graph, so that a second gate
+    # is `logistic_sigmoid_gating_1/mask_logits`, not `..._1_1/...`.
+    return graph_names.reenter_build_scope(super()._open_name_scope(),
+                                           self._graph_scope)
+
   def build(self, input_shape):
+    if graph_names.in_v1_graph():
+      self._graph_scope = tf.get_current_name_scope()
     shape = tuple(input_shape)
     axis = self._channel_axis(len(shape))
     mask_len = shape[axis]

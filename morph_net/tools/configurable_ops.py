@@ -944,15 +944,12 @@ class _ConfigurableKerasLayer:
       return VANISHED
     return super().__call__(inputs, *args, **kwargs)
 
-  def call(self, inputs, *args, **kwargs):
-    # Keras 3 enters the layer's name scope anew to build and to call, and a
-    # tf.compat.v1 graph uniquifies each entry (`configurable_conv2d_1/...`):
-    # re-enter the build scope so that the ops are named as in the original
-    # (`configurable_dense/Tensordot/MatMul`), next to the variables.
-    if self._graph_scope and graph_names.in_v1_graph():
-      with tf.name_scope(self._graph_scope + '/'):
-        return super().call(inputs, *args, **kwargs)
-    return super().call(inputs, *args, **kwargs)
+  def _open_name_scope(self):
+    # Once built, calls re-enter the build scope in a v1 graph (see
+    # graph_names.reenter_build_scope): ops are named as in the original,
+    # e.g. `configurable_dense/Tensordot/MatMul`.
+    return graph_names.reenter_build_scope(super()._open_name_scope(),
+                                           self._graph_scope)
 
 
 def _shape_as_list(tensor: Any) -> List[Optional[int]]:

@@ -486,3 +486,38 @@ def test_learned_layer_structure_rebuilds_the_model():
   assert smaller.get_layer('conv').filters == 4
   assert list(smaller.output.shape) == [None, CONV_SPATIAL, CONV_SPATIAL, 4]
   assert constructed_ops == {'conv': 4}
+
+
+def test_default_names_and_op_names_per_v1_graph():
+  # Issue 14, item 4: in a fresh tf.compat.v1 graph the configurable layers
+  # are named and name their ops as the original's (TF1 Keras counted default
+  # names per graph and built and called a layer in one scope); Keras 3 alone
+  # gives e.g. `configurable_dense_3_2/Tensordot/MatMul` by then.
+  for _ in range(2):
+    graph = tf.Graph()
+    with graph.as_default():
+      constructed_ops = {}
+      image = tf.zeros([1, 10, 10, 3])
+      conv = configurable_ops.ConfigurableConv2D(
+          filters=4, kernel_size=3, constructed_ops=constructed_ops)(image)
+      configurable_ops.ConfigurableSeparableConv2D(
+          filters=5, kernel_size=3, constructed_ops=constructed_ops)(conv)
+      configurable_ops.ConfigurableDense(
+          units=6, constructed_ops=constructed_ops)(tf.zeros([1, 2, 7]))
+      second = configurable_ops.ConfigurableConv2D(filters=2, kernel_size=1)
+      second(image)
+    assert second.name == 'configurable_conv2d_1'
+    assert constructed_ops == {'configurable_conv2d/ConfigurableConv2D': 4,
+                               'configurable_separable_conv2d/separable_conv2d': 5,
+                               'configurable_dense/Tensordot/MatMul': 6}
+    names = {op.type: [] for op in graph.get_operations()}
+    for op in graph.get_operations():
+      names[op.type].append(op.name)
+    assert names['MatMul'] == ['configurable_dense/Tensordot/MatMul']
+    assert names['DepthwiseConv2dNative'] == [
+        'configurable_separable_conv2d/separable_conv2d/depthwise']
+    # The pointwise conv of the separable, then the two plain convs, each under
+    # its layer's scope (Keras 3 names the conv op itself `convolution`).
+    assert names['Conv2D'] == ['configurable_conv2d/convolution',
+                               'configurable_separable_conv2d/separable_conv2d',
+                               'configurable_conv2d_1/convolution']
