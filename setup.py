@@ -38,6 +38,7 @@ setuptools.setup(
         # `morphnet demo`: scikit-learn ships the digits data, matplotlib draws the plots.
         "demo": ["scikit-learn", "matplotlib"],
         "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib"],
+        "slim": ["tf_slim"],  # arg_scope for ConfigurableOps and the test stubs
     },
     entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from morph_net.framework import op_handlers
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.framework import output_non_passthrough_op_handler
 from morph_net.testing import add_concat_model_stub
 from morph_net.testing import grouping_concat_model_stub
+from morph_net.testing import ladder_model_stub
+from morph_net.testing import op_regularizer_stub
 from morph_net.testing import stub_layers
+from morph_net.tools import configurable_ops
 from tests import graph_modes
 
 
@@ -82,3 +88,116 @@ def test_build_with_variables_in_both_modes(mode, stub):
     assert built.op(name) is not None
   kernel = built.op('conv2/Conv2D').inputs[1]
   assert kernel.op.type in ('ReadVariableOp', 'Identity')
+
+
+# ---- issue 14, item 6: the stubs as the original's tests use them ---------------
+
+
+class _MockRegSourceOpHandler(
+    output_non_passthrough_op_handler.OutputNonPassthroughOpHandler):
+  """A Conv2D source whose regularizer is the `MOCK_REG_DICT` stub of its scope.
+
+  The scope is the first component of the op name; a slice of the op gets the
+  same range of the stub's values.
+  """
+
+  def __init__(self, mock_reg_dict):
+    self._mock_reg_dict = mock_reg_dict
+
+  @property
+  def is_source_op(self):
+    return True
+
+  def assign_grouping(self, op, op_reg_manager):
+    for op_slice in op_reg_manager.get_op_slices(op):
+      if op_reg_manager.get_op_group(op_slice) is None:
+        op_reg_manager.create_op_group_for_op_slice(op_slice)
+    super().assign_grouping(op, op_reg_manager)
+
+  def create_regularizer(self, op_slice):
+    stub = self._mock_reg_dict[op_slice.op.name.split('/')[0]]
+    begin, size = op_slice.slice
+    reg, alive = stub._regularization_values, stub._alive_values
+    return op_regularizer_stub.OpRegularizerStub(reg[begin:begin + size],
+                                                 alive[begin:begin + size])
+
+
+def _slim_or_raw(request, monkeypatch):
+  """'slim': tf-slim convolutions (skipped without tf_slim); 'raw': raw ops."""
+  if request.param == 'slim':
+    pytest.importorskip('tf_slim')
+  else:
+    monkeypatch.setattr(stub_layers, 'slim', None)
+  return request.param
+
+
+@pytest.fixture(params=['raw', 'slim'])
+def conv_kind(request, monkeypatch):
+  return _slim_or_raw(request, monkeypatch)
+
+
+@pytest.mark.parametrize('stub', [add_concat_model_stub, grouping_concat_model_stub,
+                                  ladder_model_stub])
+def test_expected_vectors_keyed_by_scope_match_the_manager(conv_kind, stub):
+  # The original's manager tests: group the stub model with a source handler
+  # giving each conv its MOCK_REG_DICT stub, then compare the regularizer of
+  # `<scope>/Conv2D` (or of the concat / add op) with expected_*()[scope].
+  with tf.Graph().as_default() as graph:
+    output = stub.build_model()
+    handlers = op_handlers.get_gamma_op_handler_dict()
+    handlers.register('Conv2D', _MockRegSourceOpHandler(stub.MOCK_REG_DICT))
+    manager = orm.OpRegularizerManager([output], handlers)
+    names, tensors = [], []
+    for key in stub.expected_alive():
+      op_name = key if key.startswith(('concat', 'add')) else key + '/Conv2D'
+      if key == 'upscale':
+        op_name = 'upscale/conv2d_transpose'
+      regularizer = manager.get_regularizer(graph.get_operation_by_name(op_name))
+      names.append(key)
+      tensors.append((regularizer.regularization_vector, regularizer.alive_vector))
+    with tf.compat.v1.Session() as sess:
+      values = sess.run(tensors)
+  for key, (reg, alive) in zip(names, values):
+    np.testing.assert_allclose(reg, stub.expected_regularization()[key], err_msg=key)
+    np.testing.assert_array_equal(alive, stub.expected_alive()[key], err_msg=key)
+
+
+def test_mock_reg_dict_and_image_stub():
+  for stub in (add_concat_model_stub, grouping_concat_model_stub):
+    assert sorted(stub.MOCK_REG_DICT) == sorted(stub.REG_STUB)
+    conv1 = stub.MOCK_REG_DICT['conv1']
+    with tf.Graph().as_default():
+      with tf.compat.v1.Session() as sess:
+        reg, alive = sess.run([conv1.regularization_vector, conv1.alive_vector])
+    np.testing.assert_allclose(reg, stub.REG_STUB['conv1'])
+    np.testing.assert_array_equal(alive, stub.ALIVE_STUB['conv1'])
+  with tf.Graph().as_default():
+    image = add_concat_model_stub.image_stub()
+    assert image.shape.as_list() == [1, 17, 19, 3]
+
+
+def test_ladder_model_shapes(monkeypatch):
+  monkeypatch.setattr(stub_layers, 'slim', None)
+  with tf.Graph().as_default() as graph:
+    output = ladder_model_stub.build_model()
+  assert output.name == 'add3'
+  # SAME 3x3 convs keep 17x19; the stride-2 transposed conv doubles it: 34x38.
+  assert output.outputs[0].shape.as_list() == [1, 34, 38, 3]
+  assert graph.get_operation_by_name('upscale/conv2d_transpose').type == (
+      'Conv2DBackpropInput')
+  assert ladder_model_stub.expected_alive()['add2'].tolist() == [False, True, True]
+
+
+def test_build_model_honours_slim_arg_scope():
+  slim = pytest.importorskip('tf_slim')
+  # As the original's tests: an arg_scope on the layer function the stub calls
+  # (here a batch norm replacing the biases; tf-slim's own batch_norm needs
+  # tf_keras, so configurable_ops' slim-named one is used).
+  with tf.Graph().as_default() as graph:
+    with slim.arg_scope([slim.conv2d], normalizer_fn=configurable_ops.batch_norm,
+                        normalizer_params={'scale': True}):
+      add_concat_model_stub.build_model()
+  op_names = {op.name for op in graph.get_operations()}
+  for scope in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5'):
+    assert f'{scope}/BatchNorm/FusedBatchNormV3' in op_names
+    assert f'{scope}/BiasAdd' not in op_names

@@ -521,3 +521,27 @@ def test_default_names_and_op_names_per_v1_graph():
     assert names['Conv2D'] == ['configurable_conv2d/convolution',
                                'configurable_separable_conv2d/separable_conv2d',
                                'configurable_conv2d_1/convolution']
+
+
+def test_test_module_builds_through_its_aliases_in_a_v1_graph():
+  # Issue 14, item 6: hijacking the module itself configures the model it
+  # builds, its `SeparableConv2D` alias (a Conv2D, as in the original)
+  # included.
+  parameterization = {'conv/Conv2D': 3, 'sep_conv/separable_conv2d': 4,
+                      'dense/Tensordot/MatMul': 5}
+  with tf.Graph().as_default() as graph:
+    unhijacked = test_module.build_model_with_all_configurable_types(tf.zeros(IMAGE_SHAPE))
+    assert unhijacked.shape.as_list() == [1, 10]
+    assert 'sep_conv/separable_conv2d' not in {op.name for op in graph.get_operations()}
+  with tf.Graph().as_default() as graph:
+    constructed_ops, originals = configurable_ops.hijack_keras_module(
+        parameterization, test_module)
+    try:
+      output = test_module.build_model_with_all_configurable_types(tf.zeros(IMAGE_SHAPE))
+    finally:
+      configurable_ops.recover_module_functions(originals, test_module)
+    op_names = {op.name for op in graph.get_operations()}
+  assert constructed_ops == parameterization
+  assert output.shape.as_list() == [1, 5]
+  # Hijacked, 'sep_conv' is a real separable convolution, named as the key.
+  assert 'sep_conv/separable_conv2d' in op_names
