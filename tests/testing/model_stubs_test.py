@@ -122,18 +122,14 @@ class _MockRegSourceOpHandler(
                                                  alive[begin:begin + size])
 
 
-def _slim_or_raw(request, monkeypatch):
+@pytest.fixture(params=['raw', 'slim'])
+def conv_kind(request, monkeypatch):
   """'slim': tf-slim convolutions (skipped without tf_slim); 'raw': raw ops."""
   if request.param == 'slim':
     pytest.importorskip('tf_slim')
   else:
     monkeypatch.setattr(stub_layers, 'slim', None)
   return request.param
-
-
-@pytest.fixture(params=['raw', 'slim'])
-def conv_kind(request, monkeypatch):
-  return _slim_or_raw(request, monkeypatch)
 
 
 @pytest.mark.parametrize('stub', [add_concat_model_stub, grouping_concat_model_stub,
