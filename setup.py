@@ -46,6 +46,7 @@ setuptools.setup(
         # which requires the full `tensorflow` wheel: not to be combined with [cpu]
         # (pip would install tensorflow next to tensorflow-cpu); see README.
         "hub": ["keras-hub", "tensorflow>=2.16"],
+        "slim": ["tf_slim"],  # arg_scope for ConfigurableOps and the test stubs
     },
     entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",

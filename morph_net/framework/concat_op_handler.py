@@ -67,7 +67,7 @@ class ConcatOpHandler(op_handler.OpHandler):
         output_ops_to_process.append(output_op)
 
     # Align the stacked input slices, the outputs and the concat itself.
-    input_op_slices, output_op_slices = _get_input_output_op_slices(
+    input_op_slices, output_op_slices = self._get_input_output_op_slices(
         input_ops, output_ops_to_group, op_reg_manager)
     aligned_op_slice_sizes = op_handler_util.get_aligned_op_slice_sizes(
         op_reg_manager.get_op_slices(op), input_op_slices, output_op_slices)
@@ -77,7 +77,7 @@ class ConcatOpHandler(op_handler.OpHandler):
         output_ops_to_group + [op], aligned_op_slice_sizes, op_reg_manager)
 
     # Reslicing replaced OpSlices: read them again before grouping.
-    input_op_slices, output_op_slices = _get_input_output_op_slices(
+    input_op_slices, output_op_slices = self._get_input_output_op_slices(
         input_ops, output_ops_to_group, op_reg_manager)
     op_handler_util.group_aligned_input_output_slices(
         op, input_ops_to_process, output_ops_to_process, input_op_slices,
@@ -85,6 +85,18 @@ class ConcatOpHandler(op_handler.OpHandler):
 
   def create_regularizer(self, op_slice):
     raise NotImplementedError('Not a source op.')
+
+  def _get_input_output_op_slices(self, input_ops, output_ops, op_reg_manager):
+    """Returns ([stacked input slices], [slices of each output op]).
+
+    A method, as in the original (subclasses may override it).
+
+    Args:
+      input_ops: the concat's input ops, in order.
+      output_ops: the output ops to group with the concat.
+      op_reg_manager: the `OpRegularizerManager` analysing the graph.
+    """
+    return _get_input_output_op_slices(input_ops, output_ops, op_reg_manager)
 
 
 def _get_input_output_op_slices(input_ops, output_ops, op_reg_manager):

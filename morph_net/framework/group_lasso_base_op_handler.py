@@ -23,6 +23,10 @@ from morph_net.framework import tpu_util
 from morph_net.op_regularizers import group_lasso_regularizer
 
 
+# Stateless: one instance serves every group-lasso source handler.
+_OUTPUT_GROUPING = output_non_passthrough_op_handler.OutputNonPassthroughOpHandler()
+
+
 class GroupLassoBaseSourceOpHandler(op_handler.OpHandler):
   """Abstract source OpHandler for group lasso; subclasses define `_reduce_dims`.
 
@@ -34,8 +38,6 @@ class GroupLassoBaseSourceOpHandler(op_handler.OpHandler):
   def __init__(self, threshold: float, l1_fraction: float = 0.0):
     self._threshold = threshold
     self._l1_fraction = l1_fraction
-    self._output_grouping = (
-        output_non_passthrough_op_handler.OutputNonPassthroughOpHandler())
 
   def _reduce_dims(self, op: tf.Operation) -> Tuple[int, ...]:
     """Dimensions of the weight tensor of `op` each channel's norm reduces."""
@@ -60,8 +62,10 @@ class GroupLassoBaseSourceOpHandler(op_handler.OpHandler):
       if op_reg_manager.get_op_group(op_slice) is None:
         op_reg_manager.create_op_group_for_op_slice(op_slice)
     # From here on the op behaves like any output-non-passthrough op: it takes
-    # its grouping from its consumers and never passes it to its inputs.
-    self._output_grouping.assign_grouping(op, op_reg_manager)
+    # its grouping from its consumers and never passes it to its inputs. No
+    # state set in __init__ is read here, as in the original: subclasses that
+    # do not call super().__init__ still group.
+    _OUTPUT_GROUPING.assign_grouping(op, op_reg_manager)
 
   def create_regularizer(self, op_slice):
     """Returns a `GroupLassoRegularizer` over the weights of `op_slice`.

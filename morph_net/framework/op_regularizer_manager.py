@@ -114,7 +114,10 @@ class OpRegularizerManager:
   """Groups the channels of a graph's ops and creates their regularizers.
 
   Args:
-    output_boundary: Ops where crawling starts (e.g. `[logits.op]`).
+    output_boundary: Ops where crawling starts (e.g. `[logits.op]`). May be
+      empty (as in the original): nothing is crawled, and ops are grouped
+      only by explicit calls (`slice_op`, `group_op_slices`,
+      `create_op_group_for_op_slice`, ...).
     op_handler_dict: Mapping op type -> `OpHandler`, e.g. the `OpHandlerDict`
       of `op_handlers.get_gamma_op_handler_dict()`. None becomes an empty dict.
       An op type without a handler is never a source; when such an op has to
@@ -132,7 +135,7 @@ class OpRegularizerManager:
   Raises:
     TypeError: `output_boundary`, `force_group` or `regularizer_blacklist` is
       not a list of the expected items.
-    ValueError: `output_boundary` is empty, or a force-group or blacklist
+    ValueError: `output_boundary` is None, or a force-group or blacklist
       regex cannot be applied (see the messages).
     RuntimeError: the grouping did not finish within `iteration_limit`, or
       made no progress for a long time (ops waiting for each other forever).
@@ -150,10 +153,14 @@ class OpRegularizerManager:
       regularizer_blacklist: Optional[List[str]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       iteration_limit: int = ITERATION_LIMIT):
+    # As in the original, an empty output boundary builds a manager with
+    # nothing crawled: handler tests call `slice_op`, `group_op_slices`, ...
+    # on ops directly. The network regularizers may still reject it (see
+    # `check_output_boundary`).
     output_boundary = _check_boundary(output_boundary, 'output_boundary',
-                                      allow_empty=False)
+                                      allow_empty=True)
     input_boundary = _check_boundary(input_boundary, 'input_boundary',
-                                     allow_empty=True)
+                                     allow_empty=True, allow_none=True)
     self._op_slice_dict: Dict[tf.Operation, List[OpSlice]] = {}
     self._op_group_dict: Dict[OpSlice, OpGroup] = {}
     self._op_handler_dict = op_handler_dict if op_handler_dict is not None else {}
@@ -327,7 +334,7 @@ class OpRegularizerManager:
     # Beyond the original, which said nothing. Both results are kept as the
     # original's (an empty analysis; boundary ops that stop nothing), since
     # graph-mode scripts may rely on them; `from_keras_model` rejects both.
-    if not self._all_ops:
+    if not self._all_ops and output_boundary:
       logging.warning(
           'The crawl from the output boundary found no op to analyse: every op '
           'of output_boundary is also in input_boundary (%s). Nothing is '
@@ -623,13 +630,28 @@ class OpRegularizerManager:
     return self._op_group_dict.get(op_slice)
 
 
-def _check_boundary(boundary: Any, name: str, allow_empty: bool) -> List[tf.Operation]:
+def check_output_boundary(output_boundary: Any) -> List[tf.Operation]:
+  """Validates an output boundary that must not be empty; returns it as a list.
+
+  `OpRegularizerManager` accepts an empty output boundary, as the original
+  does; callers for which an empty boundary can only be a mistake (a network
+  regularizer would cost nothing) check it with this function.
+
+  Raises:
+    TypeError: `output_boundary` is not a list of `tf.Operation`s.
+    ValueError: `output_boundary` is None or empty.
+  """
+  return _check_boundary(output_boundary, 'output_boundary', allow_empty=False)
+
+
+def _check_boundary(boundary: Any, name: str, allow_empty: bool,
+                    allow_none: bool = False) -> List[tf.Operation]:
   """Validates a boundary argument: a list of `tf.Operation`s."""
   if boundary is None:
-    if allow_empty:
+    if allow_none:
       return []
     raise ValueError(
-        f'{name} must be a non-empty list of tf.Operation. Received: {name}=None; '
+        f'{name} must be a list of tf.Operation. Received: {name}=None; '
         'pass the ops of the network outputs, e.g. [logits.op].')
   if isinstance(boundary, (tf.Operation, tf.Tensor)) or not isinstance(
       boundary, (list, tuple, set, frozenset)):

@@ -24,7 +24,14 @@ import tensorflow as tf
 
 _run_on_cpu = False
 var_store: Dict[Any, Any] = {}
-top_level_scope = ''
+# The root variable scope, as the original's `tf.get_variable_scope()` read at
+# import time in a TF1 program: entering this object (rather than the string
+# '') escapes any enclosing scope's name *and* reuse flag, so
+# `write_to_variable(t, fail_if_exists=True)` inside
+# `variable_scope('', reuse=True)` still refuses an existing variable.
+# (Built in a graph context: a VariableScope created eagerly forces AUTO_REUSE.)
+with tf.Graph().as_default():
+  top_level_scope = tf.compat.v1.VariableScope(reuse=False, name='')
 # Variables created by write_to_variable while executing eagerly, by name.
 _eager_variables: Dict[str, tf.Variable] = {}
 

@@ -302,7 +302,18 @@ def memory_function(op: tf.Operation, is_regularization: bool,
     total += _payload(tensor, 1, -1) * out_factor
   for tensor in bilinear_tensors:
     total += _payload(tensor, 0, -2) * bilinear_factor
-  return total
+  return _graph_tensor(total)
+
+
+def _graph_tensor(value):
+  """`value` as a float32 tensor in graph mode; unchanged when eager.
+
+  The original computed memory payloads from dynamic shapes, so memory and
+  latency were always tensors in a graph, and its callers `sess.run` them.
+  """
+  if tf.executing_eagerly() or tf.is_tensor(value):
+    return value
+  return tf.constant(float(value), tf.float32)
 
 
 def latency_function(op: tf.Operation, is_regularization: bool,
@@ -340,12 +351,13 @@ def latency_function(op: tf.Operation, is_regularization: bool,
   memory_cost = memory_function(
       op, False, *args, batch_size=batch_size) / memory_bandwidth
   if not is_regularization:
-    return _maximum(compute_cost, memory_cost)
+    return _graph_tensor(_maximum(compute_cost, memory_cost))
   flop_reg = flop_function(
       op, True, *args, batch_size=batch_size) / peak_compute
   memory_reg = memory_function(
       op, True, *args, batch_size=batch_size) / memory_bandwidth
-  return _select(_greater(memory_cost, compute_cost), memory_reg, flop_reg)
+  return _graph_tensor(
+      _select(_greater(memory_cost, compute_cost), memory_reg, flop_reg))
 
 
 def latency_function_factory(hardware: Optional[str],

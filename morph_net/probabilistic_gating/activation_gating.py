@@ -66,6 +66,7 @@ from typing import Any, Callable, Optional
 import keras
 import tensorflow as tf
 
+from morph_net.framework import graph_names
 from morph_net.framework import logistic_sigmoid_source_op_handler as gating_ops
 
 # u is sampled in [_UNIFORM_EPSILON, 1 - _UNIFORM_EPSILON).
@@ -239,6 +240,11 @@ class LogisticSigmoidGating(keras.layers.Layer):
                keep_first_channel_alive: bool = True,
                annealing_rate: Optional[float] = None,
                global_step: Any = None, name: Optional[str] = None, **kwargs):
+    if name is None:
+      # Counted per tf.compat.v1 graph as in TF1 Keras (Keras 3's counter is
+      # process-wide): `logistic_sigmoid_gating` again after
+      # `tf.compat.v1.reset_default_graph()`. None elsewhere (Keras naming).
+      name = graph_names.default_layer_name('logistic_sigmoid_gating')
     super().__init__(name=name, **kwargs)
     if isinstance(axis, bool) or not isinstance(axis, int):
       raise ValueError(
@@ -259,6 +265,9 @@ class LogisticSigmoidGating(keras.layers.Layer):
     self._annealing_rate = annealing_rate
     self._global_step = global_step
     self.mask = None
+    # The name scope of the build, in a tf.compat.v1 graph (see
+    # `_open_name_scope`).
+    self._graph_scope = None
 
   @property
   def axis(self) -> int:
@@ -285,7 +294,15 @@ class LogisticSigmoidGating(keras.layers.Layer):
           f'axis={self._axis!r}.')
     return self._axis % rank
 
+  def _open_name_scope(self):
+    # Calls re-enter the build scope in a v1 graph, so that a second gate
+    # is `logistic_sigmoid_gating_1/mask_logits`, not `..._1_1/...`.
+    return graph_names.reenter_build_scope(super()._open_name_scope(),
+                                           self._graph_scope)
+
   def build(self, input_shape):
+    if graph_names.in_v1_graph():
+      self._graph_scope = tf.get_current_name_scope()
     shape = tuple(input_shape)
     axis = self._channel_axis(len(shape))
     mask_len = shape[axis]
@@ -398,7 +415,8 @@ def logistic_sigmoid_gating(activation, axis: int, is_training: bool,
 
   Graph names: `<scope>/mask_logits` (the variable, in a `tf.compat.v1`
   graph) and `<scope>/LogisticSigmoidGating` (the gating op); `scope`
-  defaults to Keras' name `logistic_sigmoid_gating` (uniquified `_1`, ...).
+  defaults to `logistic_sigmoid_gating` (uniquified `_1`, ... per
+  `tf.compat.v1` graph, as in the original; eagerly by Keras' counter).
   A new layer (new variables) is created on every call: in a `tf.function`
   or a Keras model create the layer once instead.
 

@@ -4,15 +4,20 @@
          └─ conv2 (5 filters, 1x1) ─┴─ concat (12) ─┬─ conv3 (4, 1x1) ─ conv4 (12, 3x3) ─┐
                                                     └───────────────────────────────── add ─ conv5 (3, 3x3, stride 2)
 
-Every conv is `<scope>/Conv2D` followed by `<scope>/Relu`; the concat op is
-`concat` and the add is `add`. `build_model` works in a `tf.compat.v1` graph and,
-with a `var` callable, inside `graph_modes.build` / a `tf.function`.
+Every conv is `<scope>/Conv2D` ... `<scope>/Relu` (see `stub_layers`: tf-slim's
+`conv2d` where tf_slim is installed, so `arg_scope([tf_slim.conv2d], ...)`
+reaches it); the concat op is `concat` and the add is `add`. `build_model`
+works in a `tf.compat.v1` graph and, with a `var` callable, inside
+`graph_modes.build` / a `tf.function`.
 
 With a source handler that gives each conv the stub regularizer of its scope
-(`ALIVE_STUB` / `REG_STUB`), concat(conv1, conv2), conv4, add and concat are
-grouped: their regularization is the element-wise max and their alive vector
-the element-wise OR of concat(conv1, conv2) and conv4; conv1 gets the first 7
-channels and conv2 the last 5; conv3 and conv5 keep their own stubs.
+(`ALIVE_STUB` / `REG_STUB`, or the stubs of `MOCK_REG_DICT`), concat(conv1,
+conv2), conv4, add and concat are grouped: their regularization is the
+element-wise max and their alive vector the element-wise OR of
+concat(conv1, conv2) and conv4; conv1 gets the first 7 channels and conv2 the
+last 5; conv3 and conv5 keep their own stubs. `expected_regularization()` and
+`expected_alive()` are keyed by scope (`'conv1'`, ...) and by `'concat'` and
+`'add'`, as the original's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.testing import op_regularizer_stub
+from morph_net.testing import stub_layers
 
 ALIVE_STUB = {
     'conv1': [False, True, True, False, True, False, True],
@@ -42,13 +48,17 @@ REG_STUB = {
 }
 
 
-def _conv(inputs, scope, filters, kernel_size, var, stride=1):
-  with tf.name_scope(scope):
-    kernel_shape = list(kernel_size) + [inputs.shape[-1], filters]
-    initial = np.ones(kernel_shape, np.float32)
-    kernel = var(scope + '_weights', initial) if var else tf.constant(initial)
-    conv = tf.nn.conv2d(inputs, kernel, stride, 'SAME', name='Conv2D')
-    return tf.nn.relu(conv, name='Relu')
+def _create_stub(key: str) -> op_regularizer_stub.OpRegularizerStub:
+  return op_regularizer_stub.OpRegularizerStub(REG_STUB[key], ALIVE_STUB[key])
+
+
+# Scope -> stub regularizer of that conv.
+MOCK_REG_DICT = {key: _create_stub(key) for key in REG_STUB}
+
+
+def image_stub() -> tf.Tensor:
+  """The model's default input: `op_regularizer_stub.image_stub()`."""
+  return op_regularizer_stub.image_stub()
 
 
 def build_model(image: Optional[tf.Tensor] = None,
@@ -65,14 +75,14 @@ def build_model(image: Optional[tf.Tensor] = None,
     The output op.
   """
   if image is None:
-    image = op_regularizer_stub.image_stub()
-  conv1 = _conv(image, 'conv1', 7, [7, 5], var)
-  conv2 = _conv(image, 'conv2', 5, [1, 1], var)
+    image = image_stub()
+  conv1 = stub_layers.conv2d(image, 'conv1', 7, [7, 5], var)
+  conv2 = stub_layers.conv2d(image, 'conv2', 5, [1, 1], var)
   concat = tf.concat([conv1, conv2], 3, name='concat')
-  conv3 = _conv(concat, 'conv3', 4, [1, 1], var)
-  conv4 = _conv(conv3, 'conv4', 12, [3, 3], var)
+  conv3 = stub_layers.conv2d(concat, 'conv3', 4, [1, 1], var)
+  conv4 = stub_layers.conv2d(conv3, 'conv4', 12, [3, 3], var)
   add = tf.add(concat, conv4, name='add')
-  conv5 = _conv(add, 'conv5', 3, [3, 3], var, stride=2)
+  conv5 = stub_layers.conv2d(add, 'conv5', 3, [3, 3], var, stride=2)
   return conv5.op
 
 
@@ -90,20 +100,20 @@ def _expected(stub, combine) -> Dict[str, np.ndarray]:
       'conv4': grouped,
       'conv5': np.asarray(stub['conv5']),
   }
-  expected = {}
-  for scope, value in per_scope.items():
-    expected[scope + '/Conv2D'] = value
-    expected[scope + '/Relu'] = value
-  expected['concat'] = grouped
-  expected['add'] = grouped
-  return expected
+  per_scope['concat'] = grouped
+  per_scope['add'] = grouped
+  return per_scope
 
 
 def expected_regularization() -> Dict[str, np.ndarray]:
-  """Op name → expected regularization vector (element-wise max grouping)."""
+  """Scope (or op name for `concat`, `add`) → expected regularization vector.
+
+  The vectors of `<scope>/Conv2D` and `<scope>/Relu` (element-wise max
+  grouping).
+  """
   return _expected(REG_STUB, np.maximum)
 
 
 def expected_alive() -> Dict[str, np.ndarray]:
-  """Op name → expected alive vector (element-wise OR grouping)."""
+  """Scope (or op name for `concat`, `add`) → expected alive vector (OR)."""
   return _expected(ALIVE_STUB, np.logical_or)

@@ -4,11 +4,13 @@
          └─ conv2 (3 filters, 1x1) ─┴─ concat1 (axis 1) ─ conv3 (4, 1x1) ─ conv4 (4, 3x3)
   concat2 = concat([conv4, conv3], axis 2)   (the output)
 
-Every conv is `<scope>/Conv2D` followed by `<scope>/Relu`; the concats are
-`concat1` and `concat2`. A concat on a non-channel axis groups its same-size
-inputs, so with stub regularizers per conv (`ALIVE_STUB` / `REG_STUB`) conv1,
-conv2 and concat1 share the max / OR of conv1 and conv2, and conv3, conv4 and
-concat2 share the max / OR of conv3 and conv4.
+Every conv is `<scope>/Conv2D` ... `<scope>/Relu` (see `stub_layers`: tf-slim's
+`conv2d` where tf_slim is installed); the concats are `concat1` and
+`concat2`. A concat on a non-channel axis groups its same-size inputs, so with
+stub regularizers per conv (`ALIVE_STUB` / `REG_STUB`, or `MOCK_REG_DICT`)
+conv1, conv2 and concat1 share the max / OR of conv1 and conv2, and conv3,
+conv4 and concat2 share the max / OR of conv3 and conv4. The `expected_*`
+dicts are keyed by scope (`'conv1'`, ...) and by `'concat1'`, `'concat2'`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.testing import op_regularizer_stub
+from morph_net.testing import stub_layers
 
 ALIVE_STUB = {
     'conv1': [False, True, True],
@@ -35,13 +38,12 @@ REG_STUB = {
 }
 
 
-def _conv(inputs, scope, filters, kernel_size, var):
-  with tf.name_scope(scope):
-    kernel_shape = list(kernel_size) + [inputs.shape[-1], filters]
-    initial = np.ones(kernel_shape, np.float32)
-    kernel = var(scope + '_weights', initial) if var else tf.constant(initial)
-    conv = tf.nn.conv2d(inputs, kernel, 1, 'SAME', name='Conv2D')
-    return tf.nn.relu(conv, name='Relu')
+def _create_stub(key: str) -> op_regularizer_stub.OpRegularizerStub:
+  return op_regularizer_stub.OpRegularizerStub(REG_STUB[key], ALIVE_STUB[key])
+
+
+# Scope -> stub regularizer of that conv.
+MOCK_REG_DICT = {key: _create_stub(key) for key in REG_STUB}
 
 
 def build_model(image: Optional[tf.Tensor] = None,
@@ -59,32 +61,26 @@ def build_model(image: Optional[tf.Tensor] = None,
   """
   if image is None:
     image = op_regularizer_stub.image_stub()
-  conv1 = _conv(image, 'conv1', 3, [7, 5], var)
-  conv2 = _conv(image, 'conv2', 3, [1, 1], var)
+  conv1 = stub_layers.conv2d(image, 'conv1', 3, [7, 5], var)
+  conv2 = stub_layers.conv2d(image, 'conv2', 3, [1, 1], var)
   concat1 = tf.concat([conv1, conv2], 1, name='concat1')
-  conv3 = _conv(concat1, 'conv3', 4, [1, 1], var)
-  conv4 = _conv(conv3, 'conv4', 4, [3, 3], var)
+  conv3 = stub_layers.conv2d(concat1, 'conv3', 4, [1, 1], var)
+  conv4 = stub_layers.conv2d(conv3, 'conv4', 4, [3, 3], var)
   return tf.concat([conv4, conv3], 2, name='concat2').op
 
 
 def _expected(stub, combine) -> Dict[str, np.ndarray]:
   first = combine(np.asarray(stub['conv1']), np.asarray(stub['conv2']))
   second = combine(np.asarray(stub['conv3']), np.asarray(stub['conv4']))
-  expected = {}
-  for scope, value in (('conv1', first), ('conv2', first),
-                       ('conv3', second), ('conv4', second)):
-    expected[scope + '/Conv2D'] = value
-    expected[scope + '/Relu'] = value
-  expected['concat1'] = first
-  expected['concat2'] = second
-  return expected
+  return {'conv1': first, 'conv2': first, 'conv3': second, 'conv4': second,
+          'concat1': first, 'concat2': second}
 
 
 def expected_regularization() -> Dict[str, np.ndarray]:
-  """Op name → expected regularization vector (element-wise max grouping)."""
+  """Scope (or concat op name) → expected regularization vector (max grouping)."""
   return _expected(REG_STUB, np.maximum)
 
 
 def expected_alive() -> Dict[str, np.ndarray]:
-  """Op name → expected alive vector (element-wise OR grouping)."""
+  """Scope (or concat op name) → expected alive vector (OR grouping)."""
   return _expected(ALIVE_STUB, np.logical_or)

@@ -41,7 +41,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from morph_net.framework import graph_names
 from morph_net.tools import structure_exporter
+
+try:  # Optional (`pip install morph_net[slim]`): arg_scope and slim layers.
+  import tf_slim as slim
+except ImportError:
+  slim = None
 
 VANISHED = 0.0
 _DEFAULT_NUM_OUTPUTS_KWARG = 'num_outputs'
@@ -53,6 +59,15 @@ _ONES = tf.compat.v1.ones_initializer()
 # ----------------------------------------------------------------------------
 # Layer functions on raw TF ops (tf-slim and tf.compat.v1.layers naming).
 # ----------------------------------------------------------------------------
+
+
+def _add_arg_scope(function: Callable) -> Callable:
+  """`tf_slim.add_arg_scope(function)` where tf_slim is installed, else `function`.
+
+  As the original's contrib-decorated layer methods: `arg_scope([fn], ...)`
+  then supplies default keyword arguments to `fn`.
+  """
+  return slim.add_arg_scope(function) if slim is not None else function
 
 
 def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
@@ -67,7 +82,8 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> List[int]:
 
 
 def _channels(inputs: tf.Tensor, function_name: str) -> int:
-  channels = inputs.shape[-1]
+  # dimension_value: an int or None also for v1 shapes (`Dimension` objects).
+  channels = tf.compat.dimension_value(inputs.shape[-1])
   if channels is None:
     raise ValueError(
         f'{function_name} needs the last (channel) dimension of its input to be '
@@ -404,6 +420,17 @@ def layers_dense(inputs: tf.Tensor, units: int, activation: Optional[Callable] =
                    biases_name='bias', trainable=trainable)
 
 
+# arg_scope-able where tf_slim is installed, like the slim layers they mirror.
+conv2d = _add_arg_scope(conv2d)
+fully_connected = _add_arg_scope(fully_connected)
+separable_conv2d = _add_arg_scope(separable_conv2d)
+batch_norm = _add_arg_scope(batch_norm)
+avg_pool2d = _add_arg_scope(avg_pool2d)
+max_pool2d = _add_arg_scope(max_pool2d)
+layers_conv2d = _add_arg_scope(layers_conv2d)
+layers_separable_conv2d = _add_arg_scope(layers_separable_conv2d)
+layers_dense = _add_arg_scope(layers_dense)
+
 DEFAULT_FUNCTION_DICT = {
     'fully_connected': fully_connected,
     'conv2d': conv2d,
@@ -430,6 +457,14 @@ _OP_SCOPE_DEFAULTS = {
     layers_dense: 'dense',
     fully_connected: 'fully_connected',
 }
+if slim is not None:
+  # tf-slim's own layers (e.g. `function_dict={'conv2d': slim.conv2d}`) get
+  # tf-slim's default scopes, as contrib's did in the original.
+  _OP_SCOPE_DEFAULTS.update({
+      slim.conv2d: 'Conv',
+      slim.separable_conv2d: 'SeparableConv2d',
+      slim.fully_connected: 'fully_connected',
+  })
 
 # Keyword holding the number of outputs, where it is not `num_outputs`.
 _NUM_OUTPUTS_KWARG_DICT = {
@@ -584,11 +619,13 @@ class ConfigurableOps:
           f'add one with function_dict={{{key!r}: fn}}.')
     return function
 
+  @_add_arg_scope
   def conv2d(self, *args, **kwargs):
     """`conv2d(inputs, num_outputs, ...)` with num_outputs from the parameterization."""
     return self._mask(self._get_function('conv2d'), _SUFFIX_DICT['conv2d'],
                       *args, **kwargs)
 
+  @_add_arg_scope
   def fully_connected(self, *args, **kwargs):
     """`fully_connected(inputs, num_outputs, ...)` on a rank-2 input.
 
@@ -608,6 +645,7 @@ class ConfigurableOps:
             'flatten or pool the input first.')
     return self._mask(function, _SUFFIX_DICT['fully_connected'], *args, **kwargs)
 
+  @_add_arg_scope
   def separable_conv2d(self, *args, **kwargs):
     """`separable_conv2d(inputs, num_outputs, ...)`; num_outputs may be None."""
     function = self._get_function('separable_conv2d')
@@ -626,22 +664,27 @@ class ConfigurableOps:
           'parameterization lists the op.', kwarg)
     return self._mask(function, _SUFFIX_DICT['separable_conv2d'], *args, **kwargs)
 
+  @_add_arg_scope
   def concat(self, *args, **kwargs):
     """`concat(values, ...)` without the vanished members; VANISHED if none is left."""
     return self._pass_through_mask_list('concat', 'values', *args, **kwargs)
 
+  @_add_arg_scope
   def add_n(self, *args, **kwargs):
     """`add_n(inputs, ...)` without the vanished members; VANISHED if none is left."""
     return self._pass_through_mask_list('add_n', 'inputs', *args, **kwargs)
 
+  @_add_arg_scope
   def avg_pool2d(self, *args, **kwargs):
     """The function unchanged, or VANISHED for a vanished input."""
     return self._pass_through_mask(self._get_function('avg_pool2d'), *args, **kwargs)
 
+  @_add_arg_scope
   def max_pool2d(self, *args, **kwargs):
     """The function unchanged, or VANISHED for a vanished input."""
     return self._pass_through_mask(self._get_function('max_pool2d'), *args, **kwargs)
 
+  @_add_arg_scope
   def batch_norm(self, *args, **kwargs):
     """The function unchanged, or VANISHED for a vanished input."""
     return self._pass_through_mask(self._get_function('batch_norm'), *args, **kwargs)
@@ -725,9 +768,9 @@ class ConfigurableOps:
           f'Unrecognized function name {function_name}. Received: function_dict '
           f'keys {sorted(k for k, v in self._function_dict.items() if v)}.')
     if args:
-      values, rest, by_keyword = args[0], args[1:], False
+      values, rest = args[0], args[1:]
     elif list_arg_name in kwargs:
-      values, rest, by_keyword = kwargs.pop(list_arg_name), (), True
+      values, rest = kwargs.pop(list_arg_name), ()
     else:
       raise ValueError(
           f'Missing `{list_arg_name}` argument. Received: keyword arguments '
@@ -735,9 +778,7 @@ class ConfigurableOps:
     filtered = [value for value in values if not is_vanished(value)]
     if not filtered:
       return VANISHED
-    if by_keyword:
-      kwargs[list_arg_name] = filtered
-      return function(*rest, **kwargs)
+    # Positionally, as the original, however the caller passed the list.
     return function(filtered, *rest, **kwargs)
 
   @staticmethod
@@ -829,7 +870,16 @@ class _ConfigurableKerasLayer:
           'Found positional argument. __init__ only accepts kwargs. Received: '
           f'{sentinel!r} as the first positional argument of '
           f'{type(self).__name__}; pass e.g. filters=... / units=... by keyword.')
+    if kwargs.get('name') is None:
+      # In a tf.compat.v1 graph, default names count per graph as in TF1
+      # Keras: `configurable_conv2d` on first use in a fresh graph.
+      name = graph_names.default_layer_name(
+          graph_names.to_snake_case(type(self).__name__))
+      if name is not None:
+        kwargs['name'] = name
     super().__init__(**kwargs)
+    # The name scope the layer was built in (tf.compat.v1 graphs only).
+    object.__setattr__(self, '_graph_scope', None)
     # Bypass Keras attribute tracking, which would copy the dicts: the given
     # `constructed_ops` dict must be the one mutated.
     object.__setattr__(self, '_parameterization',
@@ -857,6 +907,8 @@ class _ConfigurableKerasLayer:
     return scope + sep + self.default_op_suffix, candidates
 
   def build(self, input_shape):
+    if graph_names.in_v1_graph():
+      object.__setattr__(self, '_graph_scope', tf.get_current_name_scope())
     default_name, candidates = self._op_name_candidates()
     matches = [name for name in candidates if name in self._parameterization]
     if self.is_strict and not matches:
@@ -885,10 +937,26 @@ class _ConfigurableKerasLayer:
     if not self.built:
       # Build first (Keras 3 opens the same name scope): a zero-channel layer
       # is built but never run (a zero-filter convolution cannot run).
-      self.build(tuple(inputs.shape))
+      # `as_list()`: plain ints also under `disable_v2_behavior()`, whose
+      # TensorShape iterates over `Dimension` objects Keras 3 cannot use.
+      self.build(tuple(_shape_as_list(inputs)))
     if self.is_null_op:
       return VANISHED
     return super().__call__(inputs, *args, **kwargs)
+
+  def _open_name_scope(self):
+    # Once built, calls re-enter the build scope in a v1 graph (see
+    # graph_names.reenter_build_scope): ops are named as in the original,
+    # e.g. `configurable_dense/Tensordot/MatMul`.
+    return graph_names.reenter_build_scope(super()._open_name_scope(),
+                                           self._graph_scope)
+
+
+def _shape_as_list(tensor: Any) -> List[Optional[int]]:
+  shape = tensor.shape
+  if isinstance(shape, tf.TensorShape):
+    return shape.as_list()
+  return [None if d is None else int(d) for d in shape]
 
 
 class ConfigurableConv2D(_ConfigurableKerasLayer, keras.layers.Conv2D):

@@ -3,6 +3,10 @@
 The same small models are built through `layers.X`, `keras.layers.X` and this
 module's own aliases, so that tests can hijack each reference with
 `configurable_ops.hijack_keras_module` and check which one a model uses.
+Every builder reads these references at call time, so a hijack made after
+import takes effect: `build_model_with_all_configurable_types` uses this
+module's aliases, `build_two_branch_model` uses `layers` (it also needs the
+`Add` and `Concatenate` wrappers, which this module has no alias for).
 Configurable layers take their Keras arguments by keyword only, hence the
 keyword style below.
 """
@@ -44,13 +48,19 @@ def build_simple_keras_model_from_local_aliases(inputs: Any) -> Any:
 
 
 def build_model_with_all_configurable_types(inputs: Any) -> Any:
-  """conv 'conv' 10 -> BN -> ReLU -> 'sep_conv' 10 (3x3) -> sum over H, W -> 'dense' 10."""
-  net = layers.Conv2D(filters=10, kernel_size=3, name='conv')(inputs)
-  net = layers.BatchNormalization(name='bn')(net)
-  net = layers.Activation('relu', name='activation')(net)
-  net = layers.SeparableConv2D(filters=10, kernel_size=3, name='sep_conv')(net)
+  """conv 'conv' 10 -> BN -> ReLU -> 'sep_conv' 10 (3x3) -> sum over H, W -> 'dense' 10.
+
+  Built through this module's aliases (looked up at call time), as the
+  original: hijack this module (`hijack_keras_module(..., test_module)`) to
+  configure it. Unhijacked, 'sep_conv' is a Conv2D (the `SeparableConv2D`
+  alias is one, as in the original); hijacked, a ConfigurableSeparableConv2D.
+  """
+  net = Conv2D(filters=10, kernel_size=3, name='conv')(inputs)
+  net = BatchNormalization(name='bn')(net)
+  net = Activation('relu', name='activation')(net)
+  net = SeparableConv2D(filters=10, kernel_size=3, name='sep_conv')(net)
   net = keras.ops.sum(net, axis=[1, 2])
-  return layers.Dense(units=10, name='dense')(net)
+  return Dense(units=10, name='dense')(net)
 
 
 def _branch(inputs: Any, name: str) -> Any:

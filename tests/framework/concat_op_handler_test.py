@@ -417,3 +417,36 @@ class TestEndToEnd:
     # Both BNs are sources of one group: element-wise max of |gamma| / OR.
     np.testing.assert_allclose(regularization, [1.0, 0.0, 2.0, 3.0, 0.0])
     np.testing.assert_array_equal(alive, [True, False, True, True, False])
+
+
+def test_get_input_output_op_slices_is_an_overridable_method():
+  # Issue 14, item 8: as in the original, a method that subclasses may
+  # override; assign_grouping calls it before and after reslicing.
+  calls = []
+
+  class _RecordingConcatOpHandler(concat_op_handler.ConcatOpHandler):
+
+    def _get_input_output_op_slices(self, input_ops, output_ops, op_reg_manager):
+      calls.append(([op.name for op in input_ops], [op.name for op in output_ops]))
+      return super()._get_input_output_op_slices(input_ops, output_ops, op_reg_manager)
+
+  with tf.Graph().as_default():
+    image = tf.zeros([1, 4, 4, 3])
+    conv1 = tf.nn.conv2d(image, tf.ones([1, 1, 3, 2]), 1, 'SAME', name='conv1')
+    conv2 = tf.nn.conv2d(image, tf.ones([1, 1, 3, 5]), 1, 'SAME', name='conv2')
+    concat = tf.concat([conv1, conv2], 3, name='concat')
+    relu = tf.nn.relu(concat, name='relu')
+    manager = orm.OpRegularizerManager([], op_handlers.get_gamma_op_handler_dict())
+    manager._dfs_for_source_ops([relu.op])  # the handlers only see crawled ops
+    for op in (conv1.op, conv2.op, concat.op, relu.op):
+      manager.create_op_group_for_op_slice(manager.get_op_slices(op)[0], is_source=False)
+    _RecordingConcatOpHandler().assign_grouping(concat.op, manager)
+    # 2 + 5 stacked channels: the concat is sliced [2, 5] and slice i groups
+    # with the i-th input.
+    concat_slices = manager.get_op_slices(concat.op)
+    assert [s.slice.size for s in concat_slices] == [2, 5]
+    assert manager.get_op_group(concat_slices[0]) is manager.get_op_group(
+        manager.get_op_slices(conv1.op)[0])
+    assert manager.get_op_group(concat_slices[1]) is manager.get_op_group(
+        manager.get_op_slices(conv2.op)[0])
+  assert calls == [(['conv1', 'conv2'], ['relu'])] * 2

@@ -1040,9 +1040,11 @@ def test_output_boundary_errors():
   with graph.as_default():
     x = tf.identity(tf.zeros([1, 3]))
   handlers = op_handlers.get_gamma_op_handler_dict()
+  # An empty boundary is accepted (next test); callers that need one check it.
   with pytest.raises(ValueError, match=r'output_boundary must be a non-empty list of '
                      r'tf.Operation. Received: output_boundary=\[\]'):
-    orm.OpRegularizerManager([], handlers)
+    orm.check_output_boundary([])
+  assert orm.check_output_boundary((x.op,)) == [x.op]
   with pytest.raises(ValueError, match='Received: output_boundary=None'):
     orm.OpRegularizerManager(None, handlers)
   with pytest.raises(TypeError, match=r"not tensors. Received: the tensor 'Identity:0'; "
@@ -1055,6 +1057,47 @@ def test_output_boundary_errors():
   with pytest.raises(TypeError, match=r'input_boundary must contain tf.Operation objects, '
                      r'not tensors'):
     orm.OpRegularizerManager([x.op], handlers, input_boundary=[x])
+
+
+def test_empty_output_boundary_builds_a_manager_for_direct_calls():
+  # Issue 14, item 1: the original's handler tests build
+  # OpRegularizerManager([]) (no crawl) and call its methods on ops directly.
+  with tf.Graph().as_default():
+    image = tf.constant(np.zeros(IMAGE_SHAPE, np.float32))
+    conv = tf.nn.conv2d(image, tf.ones([1, 1, 3, 4]), 1, 'SAME', name='conv')
+    gamma = tf.compat.v1.get_variable('gamma', initializer=[1.0, 2.0, 3.0, 4.0],
+                                      use_resource=True)
+    bn, _, _ = tf.compat.v1.nn.fused_batch_norm(conv, gamma, tf.zeros([4]),
+                                                is_training=True, name='bn')
+    relu = tf.nn.relu(bn, name='relu')
+    handlers = op_handlers.get_gamma_op_handler_dict()
+    handlers.register('FusedBatchNormV3',
+                      batch_norm_source_op_handler.BatchNormSourceOpHandler(0.1))
+    manager = orm.OpRegularizerManager([], handlers)
+    assert manager.ops == set()
+    assert not manager._op_deque  # nothing crawled, nothing queued
+    assert manager.is_source_op(bn.op) and not manager.is_source_op(conv.op)
+    assert manager.is_passthrough(relu.op) and not manager.is_passthrough(conv.op)
+    # Lazily created: one slice covering the 4 channels.
+    assert manager.get_op_slices(relu.op) == [orm.OpSlice(relu.op, orm.Slice(0, 4))]
+    assert manager.get_regularizer(conv.op) is None
+    conv_slice = manager.get_op_slices(conv.op)[0]
+    group = manager.create_op_group_for_op_slice(conv_slice, is_source=False)
+    assert group.source_op_slices == [] and manager.get_op_group(conv_slice) is group
+    bn_slice = manager.get_op_slices(bn.op)[0]
+    manager.group_op_slices([conv_slice, bn_slice])
+    merged = manager.get_op_group(bn_slice)
+    assert merged is manager.get_op_group(conv_slice)
+    assert merged.op_slices == [conv_slice, bn_slice]
+    assert merged.source_op_slices == [bn_slice]  # the BN handler is a source
+    # Splitting conv splits its whole group: bn follows, in the same pieces.
+    manager.slice_op(conv.op, [1, 3])
+    assert [s.slice for s in manager.get_op_slices(bn.op)] == [orm.Slice(0, 1),
+                                                              orm.Slice(1, 3)]
+    # The crawl can still be run by hand: it records the ops and queues bn.
+    manager._dfs_for_source_ops([relu.op])
+    assert {conv.op, bn.op, relu.op} <= manager.ops
+    assert list(manager._op_deque) == [bn.op]
 
 
 def test_plain_dict_missing_type_raises_unsupported_op_error(mode):

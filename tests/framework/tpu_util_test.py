@@ -109,3 +109,20 @@ def test_run_on_cpu_reads_the_stored_variable():
       assert tpu_util.read_from_variable(result) is tpu_util.var_store[result]
       assert tpu_util.maybe_convert_to_variable(result) is tpu_util.var_store[result]
     assert not tpu_util.is_on_cpu()
+
+
+def test_write_to_variable_fail_if_exists_inside_a_reuse_scope():
+  # Issue 14, item 3: the variable lives at the root variable scope, whose
+  # reuse flag (False) applies even inside variable_scope('', reuse=True):
+  # the original entered the root VariableScope object, not the string ''.
+  with tf.Graph().as_default():
+    tensor = tf.constant([1.0, 2.0], name='mask')
+    with tf.compat.v1.variable_scope('outer'):
+      first = tpu_util.write_to_variable(tensor, fail_if_exists=True)
+    # Top level: the enclosing 'outer' scope does not prefix the name.
+    assert tpu_util.var_store[first].name == 'tpu_util__mask:0'
+    with tf.compat.v1.variable_scope('', reuse=True):
+      with pytest.raises(ValueError, match='tpu_util__mask already exists'):
+        tpu_util.write_to_variable(tensor, fail_if_exists=True)
+      second = tpu_util.write_to_variable(tensor, fail_if_exists=False)
+    assert tpu_util.var_store[second] is tpu_util.var_store[first]

@@ -354,3 +354,39 @@ def test_flop_coeff_of_dilated_conv_uses_the_batch_to_space_output():
     assert conv.inputs[0].op.type == 'SpaceToBatchND'
     assert out.shape.as_list() == [1, 11, 13, 6]
     assert rf.flop_coeff(conv) == 2 * 11 * 13 * 3 * 3
+
+
+def test_memory_and_latency_are_tensors_in_a_v1_graph_with_static_shapes():
+  # Issue 14, item 2: the original's callers `sess.run` these results, so in
+  # a graph they are tensors even when every shape (and count) is static.
+  with tf.Graph().as_default() as graph:
+    image = tf.zeros([1, 11, 13, 17])
+    conv = tf.nn.conv2d(image, tf.ones([7, 5, 17, 19]), 2, 'SAME')
+    memory = rf.memory_function(conv.op, False, 17, 19, 17.0, 19.0)
+    latency_cost = rf.latency_function(conv.op, False, 17, 19, 17.0, 19.0, 1000, 20)
+    latency_reg = rf.latency_function(conv.op, True, 4, 9, 3.0, 7.0, 1000, 20)
+    for result in (memory, latency_cost, latency_reg):
+      assert isinstance(result, tf.Tensor) and result.dtype == tf.float32
+      assert result.graph is graph
+    with tf.compat.v1.Session() as sess:
+      values = sess.run([memory, latency_cost, latency_reg])
+  # Memory: (B*11*13*A_in + 7*5*A_in*A_out + B*6*7*A_out) * 4 bytes
+  #       = (143*17 + 35*17*19 + 42*19) * 4 = 58136.
+  np.testing.assert_allclose(values[0], (143 * 17 + 35 * 17 * 19 + 42 * 19) * 4)
+  # Latency: max(FLOPs / 1000, bytes / 20) = max(2*42*35*17*19 / 1000, 58136 / 20).
+  np.testing.assert_allclose(values[1], max(2 * 42 * 35 * 17 * 19 / 1000, 58136 / 20),
+                             rtol=1e-6)
+  # A_in=4, A_out=9: memory (143*4 + 35*36 + 42*9)*4/20 = 442 beats FLOPs
+  # 2*42*35*36/1000 = 105.84, so the term is the memory one:
+  # (143*R_in + 35*(A_in*R_out + A_out*R_in) + 42*R_out) * 4 / 20.
+  np.testing.assert_allclose(
+      values[2], (143 * 3 + 35 * (4 * 7 + 9 * 3) + 42 * 7) * 4 / 20, rtol=1e-6)
+
+
+def test_memory_stays_a_number_eagerly_with_static_shapes():
+  # Eagerly (e.g. a Keras cost read) values stay Python numbers.
+  graph = tf.Graph()
+  with graph.as_default():
+    conv = tf.nn.conv2d(tf.zeros([1, 11, 13, 17]), tf.ones([7, 5, 17, 19]), 2, 'SAME')
+  memory = rf.memory_function(conv.op, False, 17, 19, 17.0, 19.0)
+  assert memory == (143 * 17 + 35 * 17 * 19 + 42 * 19) * 4

@@ -357,3 +357,24 @@ def test_batch_norm_training_and_inference():
   expected = (x.numpy() - layer.moving_mean.numpy()) / np.sqrt(
       layer.moving_variance.numpy())
   np.testing.assert_allclose(inference, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_default_scope_is_counted_per_graph():
+  # Issue 14, item 4: as in the original (TF1 Keras counted default names per
+  # graph), a fresh graph starts again at `logistic_sigmoid_gating`; Keras 3's
+  # process-wide counter would give `logistic_sigmoid_gating_1` here.
+  for _ in range(2):
+    tf.compat.v1.reset_default_graph()
+    graph = tf.compat.v1.get_default_graph()
+    with graph.as_default():
+      activation = tf.ones([1, 2, 2, 3])
+      activation_gating.logistic_sigmoid_gating(activation, 3, True)
+      activation_gating.logistic_sigmoid_gating(activation, 3, True)
+    gating_ops_in_graph = sorted(op.name for op in graph.get_operations()
+                                 if op.name.endswith('/LogisticSigmoidGating'))
+    assert gating_ops_in_graph == ['logistic_sigmoid_gating/LogisticSigmoidGating',
+                                   'logistic_sigmoid_gating_1/LogisticSigmoidGating']
+    # The variables sit next to their gating ops (`<scope>/mask_logits`).
+    assert [v.name for v in graph.get_collection('variables')] == [
+        'logistic_sigmoid_gating/mask_logits:0', 'logistic_sigmoid_gating_1/mask_logits:0']
+  tf.compat.v1.reset_default_graph()

@@ -74,7 +74,6 @@ def _conv_bn_net(image, var):
 
 
 @pytest.mark.parametrize('boundary, error, match', [
-    ([], ValueError, r'output_boundary must be a non-empty list.*Received: output_boundary=\[\]'),
     (None, ValueError, 'Received: output_boundary=None'),
     ('logits', TypeError, "Received: output_boundary='logits' of type str"),
     ([3], TypeError, 'Received: 3 of type int'),
@@ -82,6 +81,18 @@ def _conv_bn_net(image, var):
 def test_empty_or_non_op_output_boundary(boundary, error, match):
   with pytest.raises(error, match=match):
     flop_regularizer.GammaFlopsRegularizer(boundary, gamma_threshold=0.1)
+
+
+def test_empty_output_boundary_analyses_nothing(caplog):
+  # Issue 14: OpRegularizerManager([]) is accepted, as in the original, so a
+  # network regularizer on [] analyses nothing (the original's cost 0.0) and
+  # says so when costed.
+  with tf.Graph().as_default():
+    reg = flop_regularizer.GammaFlopsRegularizer([], gamma_threshold=0.1)
+    assert reg.op_regularizer_manager.ops == set()
+    with caplog.at_level(logging.WARNING):
+      assert reg.get_cost() == 0.0
+  assert 'No supported ops found.' in caplog.text
 
 
 def test_tensor_instead_of_op_in_boundary(mode):

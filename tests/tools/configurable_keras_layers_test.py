@@ -322,11 +322,11 @@ def test_hijacking_aliases_leaves_keras_layers_alone():
 def test_all_configurable_types_and_constructed_ops():
   parameterization = {'conv': 3, 'sep_conv': 4, 'dense': 5}
   constructed_ops, originals = configurable_ops.hijack_keras_module(
-      parameterization, test_module.layers)
+      parameterization, test_module)
   try:
     output = test_module.build_model_with_all_configurable_types(_image())
   finally:
-    configurable_ops.recover_module_functions(originals, test_module.layers)
+    configurable_ops.recover_module_functions(originals, test_module)
   assert output.shape.as_list() == [1, 5]
   assert constructed_ops == parameterization
 
@@ -335,12 +335,12 @@ def test_hijack_with_op_name_keys_records_each_type():
   parameterization = {'conv/Conv2D': 3, 'sep_conv/separable_conv2d': 4,
                       'dense/Tensordot/MatMul': 5}
   constructed_ops, originals = configurable_ops.hijack_keras_module(
-      parameterization, test_module.layers)
+      parameterization, test_module)
   try:
     output = test_module.build_model_with_all_configurable_types(
         keras.Input(IMAGE_SHAPE[1:]))
   finally:
-    configurable_ops.recover_module_functions(originals, test_module.layers)
+    configurable_ops.recover_module_functions(originals, test_module)
   assert list(output.shape) == [None, 5]
   assert constructed_ops == parameterization
 
@@ -486,3 +486,62 @@ def test_learned_layer_structure_rebuilds_the_model():
   assert smaller.get_layer('conv').filters == 4
   assert list(smaller.output.shape) == [None, CONV_SPATIAL, CONV_SPATIAL, 4]
   assert constructed_ops == {'conv': 4}
+
+
+def test_default_names_and_op_names_per_v1_graph():
+  # Issue 14, item 4: in a fresh tf.compat.v1 graph the configurable layers
+  # are named and name their ops as the original's (TF1 Keras counted default
+  # names per graph and built and called a layer in one scope); Keras 3 alone
+  # gives e.g. `configurable_dense_3_2/Tensordot/MatMul` by then.
+  for _ in range(2):
+    graph = tf.Graph()
+    with graph.as_default():
+      constructed_ops = {}
+      image = tf.zeros([1, 10, 10, 3])
+      conv = configurable_ops.ConfigurableConv2D(
+          filters=4, kernel_size=3, constructed_ops=constructed_ops)(image)
+      configurable_ops.ConfigurableSeparableConv2D(
+          filters=5, kernel_size=3, constructed_ops=constructed_ops)(conv)
+      configurable_ops.ConfigurableDense(
+          units=6, constructed_ops=constructed_ops)(tf.zeros([1, 2, 7]))
+      second = configurable_ops.ConfigurableConv2D(filters=2, kernel_size=1)
+      second(image)
+    assert second.name == 'configurable_conv2d_1'
+    assert constructed_ops == {'configurable_conv2d/ConfigurableConv2D': 4,
+                               'configurable_separable_conv2d/separable_conv2d': 5,
+                               'configurable_dense/Tensordot/MatMul': 6}
+    names = {op.type: [] for op in graph.get_operations()}
+    for op in graph.get_operations():
+      names[op.type].append(op.name)
+    assert names['MatMul'] == ['configurable_dense/Tensordot/MatMul']
+    assert names['DepthwiseConv2dNative'] == [
+        'configurable_separable_conv2d/separable_conv2d/depthwise']
+    # The pointwise conv of the separable, then the two plain convs, each under
+    # its layer's scope (Keras 3 names the conv op itself `convolution`).
+    assert names['Conv2D'] == ['configurable_conv2d/convolution',
+                               'configurable_separable_conv2d/separable_conv2d',
+                               'configurable_conv2d_1/convolution']
+
+
+def test_test_module_builds_through_its_aliases_in_a_v1_graph():
+  # Issue 14, item 6: hijacking the module itself configures the model it
+  # builds, its `SeparableConv2D` alias (a Conv2D, as in the original)
+  # included.
+  parameterization = {'conv/Conv2D': 3, 'sep_conv/separable_conv2d': 4,
+                      'dense/Tensordot/MatMul': 5}
+  with tf.Graph().as_default() as graph:
+    unhijacked = test_module.build_model_with_all_configurable_types(tf.zeros(IMAGE_SHAPE))
+    assert unhijacked.shape.as_list() == [1, 10]
+    assert 'sep_conv/separable_conv2d' not in {op.name for op in graph.get_operations()}
+  with tf.Graph().as_default() as graph:
+    constructed_ops, originals = configurable_ops.hijack_keras_module(
+        parameterization, test_module)
+    try:
+      output = test_module.build_model_with_all_configurable_types(tf.zeros(IMAGE_SHAPE))
+    finally:
+      configurable_ops.recover_module_functions(originals, test_module)
+    op_names = {op.name for op in graph.get_operations()}
+  assert constructed_ops == parameterization
+  assert output.shape.as_list() == [1, 5]
+  # Hijacked, 'sep_conv' is a real separable convolution, named as the key.
+  assert 'sep_conv/separable_conv2d' in op_names

@@ -7,6 +7,9 @@ where names come from `tf.name_scope` / variable scopes alone.
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -18,6 +21,7 @@ from morph_net.tools import configurable_ops
 from morph_net.tools import structure_exporter
 
 VANISHED = configurable_ops.VANISHED
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRAPH = 'graph'
 EAGER = 'eager'
 
@@ -279,7 +283,34 @@ def test_concat_drops_vanished_values():
   fake = Recorder()
   ops = configurable_ops.ConfigurableOps(function_dict={'concat': fake})
   assert ops.concat(axis=1, values=[1, None, 2]) == 'out'
-  assert fake.calls == [((), {'axis': 1, 'values': [1, 2]})]
+  # As the original (`assert_called_with([1, 2], axis=1)`): the filtered list
+  # goes positionally, even when the caller passed it by keyword.
+  assert fake.calls == [(([1, 2],), {'axis': 1})]
+
+
+@pytest.mark.parametrize('method, list_kwarg', [('concat', 'values'), ('add_n', 'inputs')])
+def test_keyword_list_is_passed_positionally_in_a_v1_graph(method, list_kwarg):
+  # Issue 14, item 5. A function whose list parameter is not named like the
+  # original's keyword (tf.concat's `values`, tf.add_n's `inputs`) still
+  # receives it: a keyword pass-through would raise TypeError here.
+  received = []
+
+  def user_fn(tensors, *args, **kwargs):
+    received.append((len(tensors), args, sorted(kwargs)))
+    return tf.add_n(tensors) if method == 'add_n' else tf.concat(tensors, **kwargs)
+
+  extra = {'axis': 3} if method == 'concat' else {}
+  with tf.Graph().as_default() as graph:
+    a, b = tf.ones([1, 2, 2, 3]), tf.ones([1, 2, 2, 3])
+    ops = configurable_ops.ConfigurableOps(function_dict={method: user_fn})
+    out = getattr(ops, method)(**{list_kwarg: [a, VANISHED, b]}, **extra)
+    with tf.compat.v1.Session(graph=graph) as sess:
+      value = sess.run(out)
+  assert received == [(2, (), sorted(extra))]  # 2 members: the vanished one dropped
+  # concat of two 3-channel maps: 6 channels; add_n of two ones: all 2.0.
+  assert value.shape == ((1, 2, 2, 6) if method == 'concat' else (1, 2, 2, 3))
+  if method == 'add_n':
+    np.testing.assert_allclose(value, 2.0)
 
 
 def test_concat_positional_drops_vanished_values():
@@ -661,3 +692,140 @@ def test_exported_structure_rebuilds_the_network(tmp_path):
     assert output.shape.as_list() == [1, 8, 8, 3]
     assert tf.compat.v1.global_variables('conv2/weights')[0].shape.as_list() == [3, 3, 2, 3]
   assert ops.constructed_ops == {'conv1/Conv2D': 2, 'conv2/Conv2D': 3}
+
+
+# ----------------------------------------------------------------------------
+# tf-slim users (issue 14, item 7; skipped without tf_slim).
+# ----------------------------------------------------------------------------
+
+
+def test_arg_scope_reaches_configurable_ops_methods():
+  slim = pytest.importorskip('tf_slim')
+  with tf.Graph().as_default() as graph:
+    ops = configurable_ops.ConfigurableOps(parameterization={'Conv/Conv2D': 5})
+    # As with the original's contrib-decorated methods: the arg_scope names the
+    # (bound) method and supplies its keyword arguments.
+    with slim.arg_scope([ops.conv2d], kernel_size=[3, 3], activation_fn=None):
+      net = ops.conv2d(_image(), 4)
+    with slim.arg_scope([configurable_ops.ConfigurableOps.fully_connected],
+                        activation_fn=tf.nn.sigmoid):
+      fc = ops.fully_connected(tf.zeros([1, 6]), 2, scope='fc')
+  assert net.shape.as_list() == [1, 8, 8, 5]  # the parameterization's 5, not 4
+  assert graph.get_operation_by_name('Conv/Conv2D').inputs[1].shape.as_list() == [
+      3, 3, 3, 5]
+  assert net.op.type == 'BiasAdd'  # activation_fn=None: no Relu after the bias
+  assert fc.op.type == 'Sigmoid'
+  assert ops.constructed_ops == {'Conv/Conv2D': 5, 'fc/MatMul': 2}
+
+
+def test_slim_layer_functions_get_slim_default_scopes():
+  slim = pytest.importorskip('tf_slim')
+  with tf.Graph().as_default() as graph:
+    ops = configurable_ops.ConfigurableOps(
+        parameterization={'Conv/Conv2D': 3, 'SeparableConv2d/separable_conv2d': 2,
+                          'fully_connected/MatMul': 4},
+        function_dict={'conv2d': slim.conv2d, 'separable_conv2d': slim.separable_conv2d,
+                       'fully_connected': slim.fully_connected})
+    net = ops.conv2d(_image(), 8, 3)
+    net = ops.separable_conv2d(net, 8, 3)
+    fc = ops.fully_connected(tf.zeros([1, 6]), 9)
+  # tf-slim's defaults: 'Conv', 'SeparableConv2d', 'fully_connected'.
+  assert ops.constructed_ops == {'Conv/Conv2D': 3, 'SeparableConv2d/separable_conv2d': 2,
+                                 'fully_connected/MatMul': 4}
+  assert net.shape.as_list()[-1] == 2 and fc.shape.as_list() == [1, 4]
+  op_names = {op.name for op in graph.get_operations()}
+  assert {'Conv/Conv2D', 'SeparableConv2d/separable_conv2d',
+          'fully_connected/MatMul'} <= op_names
+
+
+def test_hijack_slim_decorated_functions_with_arg_scope():
+  slim = pytest.importorskip('tf_slim')
+  module = types.SimpleNamespace(conv2d=slim.conv2d, fully_connected=slim.fully_connected)
+  ops = configurable_ops.ConfigurableOps(parameterization={'block/conv/Conv2D': 1},
+                                         function_dict={'conv2d': slim.conv2d})
+  with tf.Graph().as_default() as graph:
+    originals = configurable_ops.hijack_module_functions(ops, module)
+    try:
+      # Model code scoping both the hijacked name and slim's own function.
+      with slim.arg_scope([module.conv2d], kernel_size=[1, 1]), \
+           slim.arg_scope([slim.conv2d], activation_fn=None):
+        with tf.name_scope('block'):
+          net = module.conv2d(_image(), 7, scope='conv')
+    finally:
+      configurable_ops.recover_module_functions(originals, module)
+  assert module.conv2d is slim.conv2d and module.fully_connected is slim.fully_connected
+  assert net.shape.as_list() == [1, 8, 8, 1]
+  assert graph.get_operation_by_name('block/conv/Conv2D').inputs[1].shape.as_list() == [
+      1, 1, 3, 1]
+  assert net.op.type == 'BiasAdd'  # slim's own arg_scope reached slim.conv2d
+  assert ops.constructed_ops == {'block/conv/Conv2D': 1}
+
+
+# Run in a subprocess: disable_v2_behavior() is process-global.
+_V1_BEHAVIOR_SCRIPT = r'''
+import json, types
+import numpy as np
+import tensorflow as tf
+tf.compat.v1.disable_v2_behavior()
+from morph_net.tools import configurable_ops as co
+from morph_net.tools import test_module
+
+image = tf.compat.v1.placeholder(tf.float32, [1, 10, 10, 3])
+result = {'v1_dimension': isinstance(image.shape[-1], tf.compat.v1.Dimension)}
+# Keras configurable layers.
+constructed = {}
+conv = co.ConfigurableConv2D(filters=4, kernel_size=3, name='first',
+                             parameterization={'first/Conv2D': 2},
+                             constructed_ops=constructed)(image)
+sep = co.ConfigurableSeparableConv2D(filters=4, kernel_size=3,
+                                     constructed_ops=constructed)(conv)
+dense = co.ConfigurableDense(units=5, constructed_ops=constructed)(
+    tf.ones([1, 2, 6]))
+result['layers'] = constructed
+# hijack_keras_module.
+hijacked, originals = co.hijack_keras_module({'conv/Conv2D': 1}, test_module.layers)
+try:
+  simple = test_module.build_simple_keras_model(image)
+finally:
+  co.recover_module_functions(originals, test_module.layers)
+result['hijacked_keras'] = dict(hijacked)
+# hijack_module_functions on the slim-named raw-op functions.
+ops = co.ConfigurableOps(parameterization={'c/Conv2D': 3, 'fc/MatMul': 2})
+module = types.SimpleNamespace(conv2d=co.conv2d, fully_connected=co.fully_connected)
+originals = co.hijack_module_functions(ops, module)
+try:
+  net = module.conv2d(image, 8, 3, scope='c')
+  fc = module.fully_connected(tf.reshape(net, [1, -1]), 4, scope='fc')
+finally:
+  co.recover_module_functions(originals, module)
+result['hijacked_functions'] = dict(ops.constructed_ops)
+with tf.compat.v1.Session() as sess:
+  sess.run(tf.compat.v1.global_variables_initializer())
+  values = sess.run([conv, sep, dense, simple, net, fc],
+                    {image: np.ones([1, 10, 10, 3], np.float32)})
+result['shapes'] = [list(v.shape) for v in values]
+print('RESULT ' + json.dumps(result))
+'''
+
+
+def test_keras_layers_and_hijacking_under_disable_v2_behavior():
+  # Issue 14, item 7: TF1-style programs (v1 TensorShapes of Dimension
+  # objects, v1 variables) build the configurable layers and hijack modules.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [_REPO_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  completed = subprocess.run([sys.executable, '-c', _V1_BEHAVIOR_SCRIPT], env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+  lines = [line for line in completed.stdout.splitlines() if line.startswith('RESULT ')]
+  assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+  result = json.loads(lines[-1][len('RESULT '):])
+  assert result['v1_dimension']
+  assert result['layers'] == {'first/Conv2D': 2,
+                              'configurable_separable_conv2d/separable_conv2d': 4,
+                              'configurable_dense/Tensordot/MatMul': 5}
+  assert result['hijacked_keras'] == {'conv/Conv2D': 1}
+  assert result['hijacked_functions'] == {'c/Conv2D': 3, 'fc/MatMul': 2}
+  # 10x10 -> VALID 3x3: 8x8 (2 filters) -> VALID 3x3 separable: 6x6 (4); dense on
+  # [1, 2, 6]: [1, 2, 5]; hijacked simple model: 8x8 with 1 filter; raw SAME conv
+  # keeps 10x10 with 3 filters; fc: 2 outputs.
+  assert result['shapes'] == [[1, 8, 8, 2], [1, 6, 6, 4], [1, 2, 5], [1, 8, 8, 1],
+                              [1, 10, 10, 3], [1, 2]]
