@@ -273,24 +273,28 @@ def test_nested_tf_function_in_a_graph_is_an_unsupported_op():
 
 
 def test_ops_that_never_align_fail_fast():
-  # A SplitV cannot be aligned with its consumers: the original spun until the
-  # iteration limit (1e6 handler calls); the manager now stops when nothing
-  # changes any more and names the ops.
+  # An unknown op type that changes the number of channels (treated as
+  # element-wise by default) cannot be aligned with its neighbours: the
+  # original spun until the iteration limit (1e6 handler calls); the manager
+  # now stops when nothing changes any more and names the ops. (A channel
+  # split, the former example, now has a handler.)
   def net(image, var):
     with tf.name_scope('conv'):
-      x = tf.nn.conv2d(image, var('w', np.ones([1, 1, 3, 10])), 1, 'SAME')
+      x = tf.nn.conv2d(image, var('w', np.ones([1, 1, 3, 5])), 1, 'SAME')
       x, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          x, var('gamma', np.ones(10)), var('beta', np.zeros(10)), is_training=True)
-    a, b = tf.split(x, [5, 5], axis=3)
+          x, var('gamma', np.ones(5)), var('beta', np.zeros(5)), is_training=True)
+    patches = tf.image.extract_patches(x, [1, 1, 2, 1], [1, 1, 1, 1], [1, 1, 1, 1],
+                                       'SAME', name='patches')  # 5 -> 10 channels
     with tf.name_scope('conv_a'):
-      y = tf.nn.conv2d(image, var('wa', np.ones([1, 1, 3, 5])), 1, 'SAME')
+      y = tf.nn.conv2d(image, var('wa', np.ones([1, 1, 3, 10])), 1, 'SAME')
       y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-          y, var('ga', np.ones(5)), var('ba', np.zeros(5)), is_training=True)
-    return tf.add(a, y, name='add_a'), b
+          y, var('ga', np.ones(10)), var('ba', np.zeros(10)), is_training=True)
+    return tf.add(patches, y, name='add_a')
 
   built = graph_modes.build(graph_modes.GRAPH, net, [1, 8, 8, 3])
   start = time.perf_counter()
-  with pytest.raises(RuntimeError, match=r"could not handle ops: \[.*'add_a \(AddV2\)'.*\]. "
+  with pytest.raises(RuntimeError, match=r"could not handle ops: \[.*'patches "
+                     r"\(ExtractImagePatches\)'.*\]. "
                      r'The grouping made no progress in 10000 handler calls'):
     flop_regularizer.GammaFlopsRegularizer([built.op('add_a')], 0.1)
   assert time.perf_counter() - start < 20
