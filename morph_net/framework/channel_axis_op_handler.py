@@ -9,7 +9,17 @@ arguments:
   a Keras `LayerNormalization`, it does not (its output has size 1, or the
   size of another axis);
 * `Tile` keeps the channels when its multiple on the last axis is 1 (as in
-  the nearest-neighbour `UpSampling2D` of Keras 3), not otherwise.
+  the nearest-neighbour `UpSampling2D` of Keras 3), not otherwise;
+* `ExpandDims` and `Squeeze` keep the channels when they do not insert or
+  remove the last axis (as around the `Conv2D` of a Keras `Conv1D`:
+  `ExpandDims -> Conv2D -> Squeeze`); the original handled `ExpandDims` as
+  output-non-passthrough, which cut a Conv1D off from its input channels;
+* `Reshape` keeps the channels when input and output have the same static
+  last dimension: element `f` of the row-major buffer is then channel
+  `f mod C` on both sides (as around the `MatMul` of a Keras `Dense` on a
+  rank > 2 input: `Reshape -> MatMul -> Reshape`, a `Flatten` of a 1x1 map,
+  or the reshapes of `UpSampling2D`); the original handled every `Reshape` as
+  a leaf.
 
 Grouped with its input although the sizes differ, such an op waited forever
 for a neighbour of another size, until the manager's iteration limit (a
@@ -70,6 +80,51 @@ def tile_keeps_channels(op: tf.Operation) -> bool:
   # counts of input and output mean a multiple of 1 on the last axis.
   in_shape, out_shape = op.inputs[0].shape, op.outputs[0].shape
   if not in_shape.rank or in_shape.rank != out_shape.rank:
+    return False
+  in_channels, out_channels = in_shape[-1], out_shape[-1]
+  return in_channels is not None and in_channels == out_channels
+
+
+def expand_dims_keeps_channels(op: tf.Operation) -> bool:
+  """True if `ExpandDims` does not insert the new axis last.
+
+  False when the axis is not a constant or the input rank is unknown.
+  """
+  rank = op.inputs[0].shape.rank
+  axis = _constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
+  if rank is None or rank == 0 or axis is None:
+    return False
+  axis = int(np.ravel(axis)[0]) % (rank + 1)
+  return axis != rank
+
+
+def squeeze_keeps_channels(op: tf.Operation) -> bool:
+  """True if `Squeeze` does not remove the last axis.
+
+  With no `squeeze_dims` every size-1 axis is removed, the last one too when
+  its static size is 1 (or unknown).
+  """
+  shape = op.inputs[0].shape
+  if shape.rank is None or shape.rank == 0:
+    return False
+  rank = shape.rank
+  try:
+    dims = list(op.get_attr('squeeze_dims'))
+  except ValueError:
+    dims = []
+  if dims:
+    return (rank - 1) not in {int(d) % rank for d in dims}
+  return shape[-1] is not None and shape[-1] != 1
+
+
+def reshape_keeps_channels(op: tf.Operation) -> bool:
+  """True if input and output of `Reshape` have the same static last dim.
+
+  Then every element keeps its channel index (`f mod C` in the row-major
+  buffer), however the other axes are merged or split.
+  """
+  in_shape, out_shape = op.inputs[0].shape, op.outputs[0].shape
+  if not in_shape.rank or not out_shape.rank:
     return False
   in_channels, out_channels = in_shape[-1], out_shape[-1]
   return in_channels is not None and in_channels == out_channels

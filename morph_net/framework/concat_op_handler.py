@@ -4,7 +4,9 @@ A concat along the channel axis stacks the channels of its inputs: channel `i`
 of the concat is one channel of exactly one input. The handler aligns the
 slices of the stacked inputs with the slices of the concat (and of its
 same-size passthrough consumers) and groups slice `i` of the concat with the
-`i`-th piece of the stacked inputs. A concat along any other axis keeps the
+`i`-th piece of the stacked inputs. An input produced by a channel split
+stacks only the range of the split's channels that its output holds (beyond
+the original; see `split_op_handler`). A concat along any other axis keeps the
 channels of its inputs (which all have the same size) and is handled like an
 element-wise op.
 """
@@ -50,9 +52,15 @@ class ConcatOpHandler(op_handler.OpHandler):
 
     # All inputs are stacked into the concat; ungrouped ones must be processed
     # first.
-    input_ops = op_handler_util.get_input_ops(op, op_reg_manager)
+    input_ops = op_handler_util.get_input_ops(op, op_reg_manager,
+                                              include_channel_splits=True)
     input_ops_to_process = op_handler_util.get_ops_without_groups(
         input_ops, op_reg_manager)
+    pieces = _input_pieces(op, op_reg_manager)
+    if any(piece[1] is not None for piece in pieces):
+      _assign_grouping_with_ranges(op, pieces, input_ops_to_process,
+                                   op_reg_manager)
+      return
 
     # Outputs: note the ungrouped ones before keeping passthrough ops only.
     output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
@@ -97,6 +105,77 @@ class ConcatOpHandler(op_handler.OpHandler):
       op_reg_manager: the `OpRegularizerManager` analysing the graph.
     """
     return _get_input_output_op_slices(input_ops, output_ops, op_reg_manager)
+
+
+def _input_pieces(op, op_reg_manager):
+  """`(input op, (start, size) or None)` per stacked input, in order.
+
+  The range is that of a channel split's output; None means the whole op.
+  """
+  pieces = []
+  for tensor in op.inputs[:-1]:
+    input_op = tensor.op
+    if input_op.type == 'Const' or input_op not in op_reg_manager.ops:
+      continue
+    if op_handler_util.is_channel_split(input_op):
+      pieces.append((input_op, op_handler_util.split_output_ranges(
+          input_op)[tensor.value_index]))
+    else:
+      pieces.append((input_op, None))
+  return pieces
+
+
+def _piece_slices(piece, op_reg_manager):
+  input_op, channel_range = piece
+  if channel_range is None:
+    return op_reg_manager.get_op_slices(input_op)
+  op_handler_util.slice_at_split_boundaries(input_op, op_reg_manager)
+  return op_handler_util.get_range_slices(input_op, *channel_range,
+                                          op_reg_manager)
+
+
+def _assign_grouping_with_ranges(op, pieces, input_ops_to_process,
+                                 op_reg_manager) -> None:
+  """`assign_grouping` when some stacked input is a channel split's output."""
+  output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
+  output_ops_without_group = op_handler_util.get_ops_without_groups(
+      output_ops, op_reg_manager)
+  output_ops = op_handler_util.remove_non_passthrough_ops(
+      output_ops, op_reg_manager)
+  output_ops_to_group, output_ops_to_process = (
+      op_handler_util.separate_same_size_ops(op, output_ops))
+  for output_op in output_ops_without_group:
+    if output_op not in output_ops_to_process:
+      output_ops_to_process.append(output_op)
+
+  def stacked():
+    return [[s for piece in pieces for s in _piece_slices(piece, op_reg_manager)]]
+
+  aligned = op_handler_util.get_aligned_op_slice_sizes(
+      op_reg_manager.get_op_slices(op), stacked(),
+      op_handler_util.get_op_slices(output_ops_to_group, op_reg_manager))
+  cursor = 0
+  for piece in pieces:
+    input_op, channel_range = piece
+    sizes = [s.slice.size for s in _piece_slices(piece, op_reg_manager)]
+    total, count = 0, 0
+    while total < sum(sizes):
+      total += aligned[cursor + count]
+      count += 1
+    new_sizes = aligned[cursor:cursor + count]
+    if channel_range is None:
+      op_reg_manager.slice_op(input_op, new_sizes)
+    else:
+      op_handler_util.reslice_range(input_op, *channel_range, new_sizes,
+                                    op_reg_manager)
+    cursor += count
+  op_handler_util.reslice_ops(output_ops_to_group + [op], aligned,
+                              op_reg_manager)
+  output_op_slices = op_handler_util.get_op_slices(output_ops_to_group,
+                                                   op_reg_manager)
+  op_handler_util.group_aligned_input_output_slices(
+      op, input_ops_to_process, output_ops_to_process, stacked(),
+      output_op_slices, aligned, op_reg_manager)
 
 
 def _get_input_output_op_slices(input_ops, output_ops, op_reg_manager):

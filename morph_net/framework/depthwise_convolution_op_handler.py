@@ -4,6 +4,11 @@ A depthwise convolution with depth multiplier `m` maps input channel `c` to
 the output channels `c*m, ..., c*m + m - 1`. Output channel `k` therefore lives
 or dies with input channel `k // m`. With `m == 1` input and output channels
 correspond one to one and the op is handled like an element-wise op.
+
+A `Conv2D` with one input channel per group (`groups == C_in`, filter
+`[kh, kw, 1, C_out]`, e.g. a Keras `Conv2D(groups=C_in)`) computes the same
+thing with `m = C_out / C_in` and is handled the same way (beyond the
+original; see `grouped_convolution_op_handler`).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ class DepthwiseConvolutionOpHandler(grouping_op_handler.GroupingOpHandler):
     Raises:
       ValueError: `op` is not a `DepthwiseConv2dNative` op.
     """
-    if op.type != _OP_TYPE:
+    if op.type != _OP_TYPE and not _is_depthwise_like_conv(op):
       raise ValueError(
-          f'DepthwiseConvolutionOpHandler only handles {_OP_TYPE} ops. '
+          f'DepthwiseConvolutionOpHandler only handles {_OP_TYPE} ops and '
+          'Conv2D ops with one input channel per group. '
           f'Received: op {op.name!r} of type {op.type!r}. Register another '
           'handler for this op type.')
     depth_multiplier = _get_depth_multiplier(op)
@@ -81,8 +87,20 @@ class DepthwiseConvolutionOpHandler(grouping_op_handler.GroupingOpHandler):
         output_op_slices, aligned_op_slice_sizes, op_reg_manager)
 
 
+def _is_depthwise_like_conv(op: tf.Operation) -> bool:
+  """A `Conv2D` whose filter has input depth 1 and whose input has > 1 channel."""
+  if op.type != 'Conv2D':
+    return False
+  channels, depth = op.inputs[0].shape[-1], op.inputs[1].shape[-2]
+  return depth == 1 and channels is not None and channels > 1
+
+
 def _get_depth_multiplier(op: tf.Operation) -> int:
-  """Depth multiplier: last dimension of the filter `[kh, kw, C, m]`."""
+  """Depth multiplier: last dim of the filter `[kh, kw, C, m]` (C_out / C_in for Conv2D)."""
+  if op.type == 'Conv2D':
+    output_channels, channels = op.inputs[1].shape[-1], op.inputs[0].shape[-1]
+    if output_channels is not None and channels and output_channels % channels == 0:
+      return int(output_channels // channels)
   multiplier = op.inputs[1].shape[-1]
   if multiplier is None:
     raise errors.UnsupportedOpError(

@@ -60,7 +60,7 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     # the channels only when they do not reduce the channel axis: see
     # `channel_axis_op_handler`, registered for them by `op_handlers`.)
     'MaxPool', 'MaxPoolV2', 'AvgPool', 'MaxPool3D', 'AvgPool3D', 'Pad', 'PadV2',
-    'MirrorPad', 'SpaceToBatchND', 'BatchToSpaceND', 'Squeeze',
+    'MirrorPad', 'SpaceToBatchND', 'BatchToSpaceND',
     # Normalization, when not a source.
     'FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3',
     # Channel permutation (not tracked, as in the original).
@@ -68,6 +68,14 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     # Graph inputs, constants and variables.
     'Placeholder', 'PlaceholderWithDefault', 'Const', 'ReadVariableOp',
     'VarHandleOp', 'VariableV2',
+)
+
+# Op types whose output carries no channel of their inputs (shape and index
+# computations, constants built from shapes, ...). They are registered as
+# `LeafOpHandler()`: channels end there, and what follows starts a new group.
+LEAF_OP_TYPES: Tuple[str, ...] = (
+    'Fill', 'Range', 'ZerosLike', 'OnesLike', 'Size', 'Rank', 'ShapeN',
+    'BroadcastArgs',
 )
 
 

@@ -17,8 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 from absl import logging
 
-# Op types whose size is the sum of the sizes of all their outputs.
+# Op types whose size is the sum of the sizes of all their outputs (when they
+# split the channel axis: see `is_channel_split`).
 OP_TYPES_WITH_MULTIPLE_OUTPUTS = ('SplitV',)
+
+# Split op types (beyond the original: `Split` too, and only along channels).
+SPLIT_OP_TYPES = ('Split', 'SplitV')
 
 # Index of the weight input of op types that have one. Conv3D is absent, as in
 # the original.
@@ -34,19 +38,27 @@ _ops_with_unknown_size = weakref.WeakSet()
 
 
 def get_input_ops(op: tf.Operation, op_reg_manager: Any,
-                  whitelist_indices: Optional[Sequence[int]] = None
+                  whitelist_indices: Optional[Sequence[int]] = None,
+                  *, include_channel_splits: bool = False
                   ) -> List[tf.Operation]:
   """Returns the producer ops of `op`'s inputs, in input order.
 
   Duplicates are kept. Skipped: inputs whose index is not in
   `whitelist_indices`, the weight input of the op type (`WEIGHTS_INDEX_DICT`),
   inputs produced by a `Const` op, and producers the manager does not know.
+  Beyond the original, a channel split (`is_channel_split`) is skipped too
+  unless `include_channel_splits`: an input of `op` holds only one output
+  range of its channels, and the split's handler groups that range with `op`
+  (see `split_op_handler`). A skipped split that is not grouped yet is
+  queued.
 
   Args:
     op: The op whose inputs to return.
     op_reg_manager: The `OpRegularizerManager`; only ops in its `ops` are
       returned.
     whitelist_indices: Input indices to consider. None or empty means all.
+    include_channel_splits: Also return channel splits (for handlers that
+      read the range of the output they consume, e.g. a concat).
 
   Returns:
     A list of ops.
@@ -66,8 +78,119 @@ def get_input_ops(op: tf.Operation, op_reg_manager: Any,
       continue
     if input_op not in manager_ops:
       continue
+    if not include_channel_splits and is_channel_split(input_op):
+      if get_ops_without_groups([input_op], op_reg_manager):
+        op_reg_manager.process_ops([input_op])
+      continue
     input_ops.append(input_op)
   return input_ops
+
+
+def split_value_index(op: tf.Operation) -> int:
+  """Index of the split data input: 1 for `Split`, 0 for `SplitV`."""
+  return 1 if op.type == 'Split' else 0
+
+
+def _split_axis_tensor(op: tf.Operation) -> tf.Tensor:
+  return op.inputs[0] if op.type == 'Split' else op.inputs[2]
+
+
+def is_channel_split(op: tf.Operation) -> bool:
+  """True if `op` is a `Split` / `SplitV` of the last axis into >= 2 outputs.
+
+  The axis is read from its constant input; when it is not a constant, the
+  output channel counts decide (they then sum to the input's).
+  """
+  if op.type not in SPLIT_OP_TYPES or len(op.outputs) < 2:
+    return False
+  cached = _channel_split_cache.get(op)
+  if cached is None:
+    cached = _channel_split_cache[op] = _compute_is_channel_split(op)
+  return cached
+
+
+# op -> bool; weak on ops.
+_channel_split_cache = weakref.WeakKeyDictionary()
+
+
+def _compute_is_channel_split(op: tf.Operation) -> bool:
+  value = op.inputs[split_value_index(op)]
+  rank = value.shape.rank
+  if not rank:
+    return False
+  axis = tf.get_static_value(_split_axis_tensor(op))
+  if axis is not None:
+    return int(axis) % rank == rank - 1
+  channels = value.shape[-1]
+  out_channels = [output.shape[-1] if output.shape.rank else None
+                  for output in op.outputs]
+  return (channels is not None and None not in out_channels
+          and sum(out_channels) == channels)
+
+
+def split_output_ranges(op: tf.Operation) -> List[Tuple[int, int]]:
+  """`(start, size)` of the channels of each output of a channel split."""
+  ranges = []
+  start = 0
+  for output in op.outputs:
+    size = int(output.shape[-1])
+    ranges.append((start, size))
+    start += size
+  return ranges
+
+
+def get_range_slices(op: tf.Operation, start: int, size: int,
+                     op_reg_manager: Any) -> List[Any]:
+  """The slices of `op` within channels `[start, start + size)`.
+
+  Raises:
+    ValueError: the slicing of `op` has no boundary at `start` or at
+      `start + size` (slice it first, e.g. `slice_at_split_boundaries`).
+  """
+  result = []
+  end = start + size
+  for op_slice in op_reg_manager.get_op_slices(op):
+    begin = op_slice.slice.start_index
+    finish = begin + op_slice.slice.size
+    if finish <= start or begin >= end:
+      continue
+    if begin < start or finish > end:
+      raise ValueError(
+          f'Op {op.name} is not sliced at channels {start} and {end}. '
+          f'Received: slices {[str(s.slice) for s in op_reg_manager.get_op_slices(op)]}.')
+    result.append(op_slice)
+  return result
+
+
+def slice_at_split_boundaries(op: tf.Operation, op_reg_manager: Any) -> None:
+  """Refines the slicing of a channel split so each output range is whole."""
+  current = get_op_slice_sizes([op_reg_manager.get_op_slices(op)])[0]
+  boundaries = [size for _, size in split_output_ranges(op)]
+  aligned = get_aligned_sizes([current, boundaries])
+  if aligned != current:
+    op_reg_manager.slice_op(op, aligned)
+
+
+def reslice_range(op: tf.Operation, start: int, size: int,
+                  sizes: Sequence[int], op_reg_manager: Any) -> None:
+  """Slices channels `[start, start + size)` of `op` into `sizes`.
+
+  The slices outside the range are kept; the range must already be whole
+  (see `get_range_slices`) and `sizes` must refine its slicing.
+  """
+  all_sizes = get_op_slice_sizes([op_reg_manager.get_op_slices(op)])[0]
+  range_sizes = [s.slice.size for s in get_range_slices(op, start, size,
+                                                         op_reg_manager)]
+  if range_sizes == list(sizes):
+    return
+  before, position = [], 0
+  for slice_size in all_sizes:
+    if position >= start:
+      break
+    before.append(slice_size)
+    position += slice_size
+  after = all_sizes[len(before) + len(range_sizes):]
+  op_reg_manager.slice_op(op, before + list(sizes) + after)
 
 
 def get_output_ops(op: tf.Operation, op_reg_manager: Any) -> List[tf.Operation]:
@@ -400,7 +523,11 @@ _op_size_cache = weakref.WeakKeyDictionary()
 
 def _compute_op_size(op: tf.Operation) -> int:
   """get_op_size without the cache."""
-  if op.type in OP_TYPES_WITH_MULTIPLE_OUTPUTS:
+  if op.type in SPLIT_OP_TYPES:
+    # A channel split has the channels of its input; any other split hands
+    # every output the same channels.
+    outputs = list(op.outputs) if is_channel_split(op) else list(op.outputs[:1])
+  elif op.type in OP_TYPES_WITH_MULTIPLE_OUTPUTS:
     outputs = list(op.outputs)
   else:
     outputs = list(op.outputs[:1])

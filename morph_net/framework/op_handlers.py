@@ -14,10 +14,12 @@ from morph_net.framework import channel_axis_op_handler
 from morph_net.framework import concat_op_handler
 from morph_net.framework import depthwise_convolution_op_handler
 from morph_net.framework import function_call_op_handler
+from morph_net.framework import grouped_convolution_op_handler
 from morph_net.framework import grouping_op_handler
 from morph_net.framework import leaf_op_handler
 from morph_net.framework import op_handler_registry
 from morph_net.framework import output_non_passthrough_op_handler
+from morph_net.framework import split_op_handler
 
 RESIZE_OP_NAMES = [
     'ResizeArea', 'ResizeBicubic', 'ResizeBilinear', 'ResizeNearestNeighbor'
@@ -34,21 +36,33 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   for op_type in op_handler_registry.CHANNEL_PRESERVING_OP_TYPES:
     handlers[op_type] = grouping_op_handler.GroupingOpHandler()
   handlers['ConcatV2'] = concat_op_handler.ConcatOpHandler()
-  for op_type in ('DepthToSpace', 'ExpandDims', 'Transpose'):
+  for op_type in ('DepthToSpace', 'Transpose'):
     handlers[op_type] = output_non_passthrough_op_handler.OutputNonPassthroughOpHandler()
   handlers['DepthwiseConv2dNative'] = (
       depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler())
-  for op_type in ('RandomUniform', 'Reshape', 'Shape', 'SpaceToDepth',
+  for op_type in ('RandomUniform', 'Shape', 'SpaceToDepth',
                   'StridedSlice', 'TensorArrayGatherV3'):
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
-  # Beyond the original (see the modules): reductions and Tile keep their
-  # channels only for some axes; Pack stacks along a new axis; a function call
-  # hides its ops.
+  for op_type in op_handler_registry.LEAF_OP_TYPES:
+    handlers[op_type] = leaf_op_handler.LeafOpHandler()
+  # Beyond the original (see the modules): reductions, Tile, ExpandDims,
+  # Squeeze and Reshape keep their channels only for some axes (a Conv1D is
+  # `ExpandDims -> Conv2D -> Squeeze`, a Dense on a rank > 2 input
+  # `Reshape -> MatMul -> Reshape`); a channel split is the mirror of a
+  # concat; Pack stacks along a new axis; a function call hides its ops.
   for op_type in channel_axis_op_handler.REDUCTION_OP_TYPES:
     handlers[op_type] = channel_axis_op_handler.ChannelAxisOpHandler(
         channel_axis_op_handler.reduction_keeps_channels)
   handlers['Tile'] = channel_axis_op_handler.ChannelAxisOpHandler(
       channel_axis_op_handler.tile_keeps_channels)
+  handlers['ExpandDims'] = channel_axis_op_handler.ChannelAxisOpHandler(
+      channel_axis_op_handler.expand_dims_keeps_channels)
+  handlers['Squeeze'] = channel_axis_op_handler.ChannelAxisOpHandler(
+      channel_axis_op_handler.squeeze_keeps_channels)
+  handlers['Reshape'] = channel_axis_op_handler.ChannelAxisOpHandler(
+      channel_axis_op_handler.reshape_keeps_channels)
+  for op_type in split_op_handler.SPLIT_OP_TYPES:
+    handlers[op_type] = split_op_handler.SplitOpHandler()
   handlers['Pack'] = leaf_op_handler.LeafOpHandler()
   for op_type in function_call_op_handler.FUNCTION_CALL_OP_TYPES:
     handlers[op_type] = function_call_op_handler.FunctionCallOpHandler()
@@ -66,6 +80,9 @@ def get_gamma_op_handler_dict() -> op_handler_registry.OpHandlerDict:
   handlers = _get_base_op_hander_dicts()
   for op_type in ('Conv3D', 'Conv2D', 'MatMul', 'Conv2DBackpropInput'):
     handlers[op_type] = output_non_passthrough_op_handler.OutputNonPassthroughOpHandler()
+  # Beyond the original: a grouped Conv2D ties positions across its groups.
+  handlers['Conv2D'] = grouped_convolution_op_handler.GroupedConvolutionOpHandler(
+      handlers['Conv2D'])
   return handlers
 
 

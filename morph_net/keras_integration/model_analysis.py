@@ -118,8 +118,8 @@ def _check_analysed_part(traced, input_layers, input_boundary) -> None:
   """Checks the ops between the output and the input boundary.
 
   Raises:
-    UnsupportedLayerError: a function-call op (e.g. a Conv2D with groups > 1)
-      is in the analysed part: it hides its convolution, whose FLOPs would
+    UnsupportedLayerError: a function-call op (e.g. a nested tf.function in
+      a custom layer) is in the analysed part: it hides its convolution, whose FLOPs would
       silently be missing from the cost even where no grouping reaches it.
     ValueError: the output boundary lies within the input boundary (nothing
       to analyse), or an input layer is not upstream of the output boundary
@@ -174,11 +174,11 @@ def _layer_error(traced, op_name: str, op_type: str,
     message = (
         f'{where} cannot be analysed: it runs as a nested function call '
         f'(op {op_name!r} of type {op_type!r}) whose convolutions MorphNet '
-        'cannot see, so its FLOPs and channels would be lost. Keras 3 on '
-        'TensorFlow does this for convolutions with groups > 1: use groups=1 '
-        '(or DepthwiseConv2D when groups equals the input channels), or leave '
-        'the layer outside the analysed part with input_layers=[...] / '
-        'output_layers=[...].')
+        'cannot see, so its FLOPs and channels would be lost (e.g. a nested '
+        'tf.function in a custom layer; grouped convolutions are traced as '
+        'plain Conv2D ops). Call the ops directly instead of through a nested '
+        'tf.function, or leave the layer outside the analysed part with '
+        'input_layers=[...] / output_layers=[...].')
   else:
     message = f'{where} cannot be analysed. {original}'
   return UnsupportedLayerError(message, layer_name, op_name, op_type)

@@ -342,7 +342,8 @@ def trace_model(model: keras.Model,
 
   all_layers = _all_layers(model)
   scope_layers: Dict[str, str] = {}
-  with _recording_layer_scopes(all_layers, scope_layers):
+  with _recording_layer_scopes(all_layers, scope_layers), \
+      _grouped_convolutions_as_plain_ops():
     concrete = tf.function(call).get_concrete_function(*specs)
   graph = concrete.graph
   flat_outputs = [_unwrap_output_identity(t)
@@ -373,6 +374,49 @@ def trace_model(model: keras.Model,
       _layer_names=tuple(layer.name for layer in all_layers),
       _scope_layers=scope_layers,
   )
+
+
+@contextlib.contextmanager
+def _grouped_convolutions_as_plain_ops():
+  """Within this context Keras traces a grouped convolution as one `Conv2D` op.
+
+  Keras 3 on TensorFlow runs a convolution with `groups > 1` in a nested
+  `tf.function(jit_compile=True)` (TF's grouped kernels are missing on CPU),
+  which traces to a `StatefulPartitionedCall` hiding the convolution from
+  MorphNet. The trace is only analysed, never run, so here it calls
+  `tf.nn.convolution` directly: a `Conv2D` whose filter sees C_in / g input
+  channels, which `grouped_convolution_op_handler` and the resource
+  functions understand. If this Keras has no such backend function the
+  trace is left as is (function calls are then rejected by name).
+  """
+  try:
+    from keras.src.backend.tensorflow import nn as tf_backend_nn  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    yield
+    return
+  original = getattr(tf_backend_nn, 'conv', None)
+  if original is None:
+    yield
+    return
+
+  @functools.wraps(original)
+  def conv(inputs, kernel, strides=1, padding='valid', data_format=None,
+           dilation_rate=1):
+    data_format = data_format or keras.config.image_data_format()
+    rank = len(inputs.shape)
+    if (data_format != 'channels_last' or rank not in (3, 4)
+        or inputs.shape[-1] is None or inputs.shape[-1] == kernel.shape[-2]):
+      return original(inputs, kernel, strides=strides, padding=padding,
+                      data_format=data_format, dilation_rate=dilation_rate)
+    return tf.nn.convolution(
+        inputs, kernel, strides, padding.upper(),
+        data_format='NWC' if rank == 3 else 'NHWC', dilations=dilation_rate)
+
+  tf_backend_nn.conv = conv
+  try:
+    yield
+  finally:
+    tf_backend_nn.conv = original
 
 
 def _unwrap_output_identity(tensor):

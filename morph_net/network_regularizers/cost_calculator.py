@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from morph_net.framework import concat_and_slice_regularizers
 from morph_net.framework import lazy_evaluation
+from morph_net.framework import split_op_handler
 
 CONV2D_OPS = ('Conv2D', 'Conv2DBackpropInput', 'DepthwiseConv2dNative')
 CONV3D_OPS = ('Conv3D',)
@@ -132,7 +133,9 @@ class CostCalculator:
         input_tensor = op.outputs[0]
       else:
         input_tensor = get_input_activation(op)
-      input_regularizer = self._manager.get_regularizer(input_tensor.op)
+      # The output of a channel split holds a range of the split's channels.
+      input_regularizer = split_op_handler.regularizer_of_tensor(
+          self._manager, input_tensor)
       output_regularizer = self._manager.get_regularizer(op)
       # Costs propagate non-finite regularization values (see _count_alive).
       num_alive_inputs = _count_alive(input_tensor, input_regularizer,

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from morph_net.framework import grouped_convolution_op_handler
 from morph_net.framework import op_handler_util
 from morph_net.network_regularizers import cost_calculator
 
@@ -76,20 +77,30 @@ def is_flop_op(op: tf.Operation) -> bool:
 def flop_coeff(op: tf.Operation):
   """Returns the FLOPs per pair of (input channel, output channel) of `op`.
 
-  2 for `MatMul`; 2 * S * K for convolutions, where S is the number of spatial
-  positions of the output (of the input activation `inputs[2]` for
-  `Conv2DBackpropInput`, which is costed like the forward convolution mapping
-  its output back to its input); 0.0 for ops that are not FLOP ops.
+  2 for `MatMul` (times its rows per example, see below); 2 * S * K for
+  convolutions, where S is the number of spatial positions of the output (of
+  the input activation `inputs[2]` for `Conv2DBackpropInput`, which is costed
+  like the forward convolution mapping its output back to its input); 0.0 for
+  ops that are not FLOP ops.
 
   Example: an 11x13 input, a 7x5 kernel with stride 2 and SAME padding give a
   6x7 output and a coefficient of 2 * 42 * 35 = 2940.
 
   Dilated convolutions (beyond the original): TF lowers them to
-  `SpaceToBatchND -> Conv2D -> BatchToSpaceND`, where the convolution's own
+  `SpaceToBatchND -> Conv2D -> BatchToSpaceND` (with `ExpandDims` / `Squeeze`
+  around the `Conv2D` of a 1-D convolution), where the convolution's own
   output has the blocks in its batch dimension and a spatial size about
-  rate**2 times smaller. S is then taken from the `BatchToSpaceND` output, the
-  positions the layer really computes, so that a dilated layer costs
-  2 * H_out * W_out * K like any other (the original under-counted it).
+  rate**2 (rate for 1-D) times smaller. S is then taken from the
+  `BatchToSpaceND` output, the positions the layer really computes, so that a
+  dilated layer costs 2 * H_out * W_out * K like any other (the original
+  under-counted it).
+
+  MatMul rows (beyond the original): a `MatMul` fed by a `Reshape` that
+  keeps the last (channel) axis, as in a Keras `Dense` on a rank > 2 input
+  (`Reshape -> MatMul -> Reshape`), multiplies one row per position of the
+  reshaped input: the coefficient is 2 * R with R the product of that input's
+  dims between batch and channels. Any other `MatMul` (rank-2 input) keeps
+  the original's 2.
 
   Args:
     op: A `tf.Operation`.
@@ -101,7 +112,10 @@ def flop_coeff(op: tf.Operation):
   if not is_flop_op(op):
     return 0.0
   if op.type == 'MatMul':
-    return 2.0
+    rows_tensor = _reshaped_matmul_input(op)
+    if rows_tensor is None:
+      return 2.0
+    return 2.0 * _dims_product(rows_tensor, 1, -1)
   if op.type == 'Conv2DBackpropInput':
     spatial_tensor = op.inputs[2]
   else:
@@ -113,16 +127,71 @@ def flop_coeff(op: tf.Operation):
   return 2.0 * spatial_size * kernel_size
 
 
+def _skip(tensor: tf.Tensor, op_types) -> tf.Tensor:
+  while tensor.op.type in op_types:
+    tensor = tensor.op.inputs[0]
+  return tensor
+
+
+def _single_consumer(tensor: tf.Tensor, op_type: str):
+  consumers = tensor.consumers()
+  if len(consumers) == 1 and consumers[0].type == op_type:
+    return consumers[0]
+  return None
+
+
+def _reshaped_matmul_input(op: tf.Operation):
+  """The rank > 2 input of the channel-keeping `Reshape` feeding a MatMul, else None."""
+  if op.get_attr('transpose_a'):
+    return None
+  reshape = _skip(op.inputs[0], ('Identity', 'Cast')).op
+  if reshape.type != 'Reshape':
+    return None
+  source = reshape.inputs[0]
+  if source.shape.rank is None or source.shape.rank <= 2:
+    return None
+  channels = source.shape[-1]
+  if channels is None or channels != op.inputs[0].shape[-1]:
+    return None
+  return source
+
+
 def _dilated_convolution_output(op: tf.Operation):
-  """The BatchToSpaceND output of a dilated convolution `op`, else None."""
+  """The BatchToSpaceND output of a dilated convolution `op`, else None.
+
+  Also for a dilated 1-D convolution:
+  `SpaceToBatchND -> ExpandDims -> Conv2D -> Squeeze -> BatchToSpaceND`.
+  """
   if op.type not in ('Conv2D', 'DepthwiseConv2dNative'):
     return None
-  if op.inputs[0].op.type != 'SpaceToBatchND':
+  if _skip(op.inputs[0], ('ExpandDims',)).op.type != 'SpaceToBatchND':
     return None
-  consumers = op.outputs[0].consumers()
-  if len(consumers) == 1 and consumers[0].type == 'BatchToSpaceND':
-    return consumers[0].outputs[0]
+  output = op.outputs[0]
+  squeeze = _single_consumer(output, 'Squeeze')
+  if squeeze is not None and op.inputs[0].op.type == 'ExpandDims':
+    output = squeeze.outputs[0]
+  batch_to_space = _single_consumer(output, 'BatchToSpaceND')
+  if batch_to_space is not None:
+    return batch_to_space.outputs[0]
   return None
+
+
+def _grouping(op: tf.Operation):
+  """How a convolution's channels pair up: ('depthwise', 1), ('grouped', g) or ('dense', 1).
+
+  Beyond the original: a `Conv2D` whose filter sees C_in / g input channels
+  (a grouped convolution, see `grouped_convolution_op_handler`) pairs each
+  output channel with the inputs of its group only; with one input channel
+  per group it is a depthwise convolution.
+  """
+  if op.type == 'DepthwiseConv2dNative':
+    return 'depthwise', 1
+  groups = grouped_convolution_op_handler.convolution_groups(op)
+  if groups == 1:
+    return 'dense', 1
+  if grouped_convolution_op_handler.is_depthwise_like(op):
+    return 'depthwise', 1
+  return 'grouped', groups
 
 
 def num_weights_coeff(op: tf.Operation):
@@ -146,9 +215,18 @@ def num_weights_coeff(op: tf.Operation):
 
 def _calculate_bilinear_cost(op: tf.Operation, coeff, num_alive_inputs,
                              num_alive_outputs, batch_size):
-  """B * coeff * A_in * A_out, or B * coeff * A_out for depthwise convolutions."""
-  if op.type == 'DepthwiseConv2dNative':
+  """B * coeff * A_in * A_out, or B * coeff * A_out for depthwise convolutions.
+
+  A grouped convolution with g groups (1 < g < C_in, beyond the original)
+  pairs each output channel with the a = A_in / g alive inputs of its group:
+  B * coeff * A_in * A_out / g (= B * coeff * a' * b' * g with a', b' alive
+  per group, since positions are tied across groups).
+  """
+  kind, groups = _grouping(op)
+  if kind == 'depthwise':
     return batch_size * coeff * num_alive_outputs
+  if kind == 'grouped':
+    return batch_size * coeff * num_alive_inputs * num_alive_outputs / groups
   return batch_size * coeff * num_alive_inputs * num_alive_outputs
 
 
@@ -158,10 +236,15 @@ def _calculate_bilinear_regularization(op: tf.Operation, coeff,
   """The linearisation of the bilinear cost around the alive channel counts.
 
   B * coeff * (A_in * R_out + A_out * R_in), or B * coeff * (R_in + R_out) for
-  depthwise convolutions (whose input and output channels are the same).
+  depthwise convolutions (whose input and output channels are the same),
+  divided by g for a grouped convolution.
   """
-  if op.type == 'DepthwiseConv2dNative':
+  kind, groups = _grouping(op)
+  if kind == 'depthwise':
     return batch_size * coeff * (reg_inputs + reg_outputs)
+  if kind == 'grouped':
+    return batch_size * coeff * (
+        num_alive_inputs * reg_outputs + num_alive_outputs * reg_inputs) / groups
   return batch_size * coeff * (
       num_alive_inputs * reg_outputs + num_alive_outputs * reg_inputs)
 
@@ -294,6 +377,10 @@ def memory_function(op: tf.Operation, is_regularization: bool,
     in_factor = batch_size * num_alive_inputs
     out_factor = batch_size * num_alive_outputs
     bilinear_factor = num_alive_inputs * num_alive_outputs
+  kind, groups = _grouping(op)
+  if kind == 'grouped':
+    # The weights of a grouped convolution pair inputs and outputs per group.
+    bilinear_factor = bilinear_factor / groups
 
   total = 0.0
   for tensor in input_tensors:

@@ -7,14 +7,17 @@ import pytest
 import tensorflow as tf
 
 from morph_net.framework import batch_norm_source_op_handler
+from morph_net.framework import channel_axis_op_handler
 from morph_net.framework import concat_op_handler
 from morph_net.framework import depthwise_convolution_op_handler
+from morph_net.framework import grouped_convolution_op_handler as grouped_conv
 from morph_net.framework import grouping_op_handler
 from morph_net.framework import leaf_op_handler
 from morph_net.framework import op_handler_registry
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import output_non_passthrough_op_handler as onp
+from morph_net.framework import split_op_handler
 from tests import graph_modes
 
 _DICT_FUNCTIONS = [op_handlers.get_gamma_op_handler_dict,
@@ -30,8 +33,12 @@ def test_gamma_and_group_lasso_keys():
   assert 'Conv2D' not in group_lasso
   assert 'MatMul' not in group_lasso
   assert set(group_lasso) < set(gamma)
-  for op_type in ('Conv3D', 'Conv2D', 'MatMul', 'Conv2DBackpropInput'):
+  for op_type in ('Conv3D', 'MatMul', 'Conv2DBackpropInput'):
     assert type(gamma[op_type]) is onp.OutputNonPassthroughOpHandler
+  # Conv2D: ordinary convolutions as in the original, grouped ones tie
+  # positions across groups (beyond the original).
+  assert type(gamma['Conv2D']) is grouped_conv.GroupedConvolutionOpHandler
+  assert type(gamma['Conv2D'].base_handler) is onp.OutputNonPassthroughOpHandler
 
 
 def test_resize_op_names():
@@ -48,11 +55,16 @@ def test_base_handlers(get_dict):
   assert type(handlers['ConcatV2']) is concat_op_handler.ConcatOpHandler
   assert type(handlers['DepthwiseConv2dNative']) is (
       depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler)
-  for op_type in ('DepthToSpace', 'ExpandDims', 'Transpose'):
+  for op_type in ('DepthToSpace', 'Transpose'):
     assert type(handlers[op_type]) is onp.OutputNonPassthroughOpHandler
-  for op_type in ('RandomUniform', 'Reshape', 'Shape', 'SpaceToDepth', 'StridedSlice',
-                  'TensorArrayGatherV3'):
+  for op_type in ('RandomUniform', 'Shape', 'SpaceToDepth', 'StridedSlice',
+                  'TensorArrayGatherV3') + op_handler_registry.LEAF_OP_TYPES:
     assert type(handlers[op_type]) is leaf_op_handler.LeafOpHandler
+  # Beyond the original: these keep their channels only for some axes.
+  for op_type in ('ExpandDims', 'Squeeze', 'Reshape'):
+    assert type(handlers[op_type]) is channel_axis_op_handler.ChannelAxisOpHandler
+  for op_type in ('Split', 'SplitV'):
+    assert type(handlers[op_type]) is split_op_handler.SplitOpHandler
   for op_type in op_handlers.RESIZE_OP_NAMES:
     assert type(handlers[op_type]) is grouping_op_handler.GroupingOpHandler
     assert handlers[op_type]._grouping_indices == [0]

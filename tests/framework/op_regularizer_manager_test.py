@@ -11,6 +11,7 @@ import tensorflow as tf
 from morph_net.framework import batch_norm_source_op_handler
 from morph_net.framework import errors
 from morph_net.framework import generic_regularizers
+from morph_net.framework import grouping_op_handler
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import output_non_passthrough_op_handler
@@ -630,19 +631,46 @@ def test_nested_concats(mode):
     assert _group(manager, built.op(f'conv{i + 1}/Conv2D')) is group
 
 
-def test_split_hits_iteration_limit(mode):
+def _split_net(image, var):
+  conv = _conv(image, var, 'conv', 10, bn=True)
+  split = tf.split(conv, [5, 5], axis=3)
+  conv_a = _conv(image, var, 'conv_a', 5, bn=True)
+  conv_b = _conv(image, var, 'conv_b', 5, bn=True)
+  return tf.add(split[0], conv_a, name='add_a'), tf.add(split[1], conv_b, name='add_b')
+
+
+def test_split_groups_each_output_range(mode):
+  # Beyond the original (which spun until the iteration limit): output j of
+  # a channel split holds channels [5j, 5j + 5) of 'conv'.
+  built = graph_modes.build(mode, _split_net, IMAGE_SHAPE)
+  manager = orm.OpRegularizerManager([built.op('add_a'), built.op('add_b')],
+                                     _gamma_handlers(), iteration_limit=100)
+  conv_relu = built.op('conv/Relu')
+  assert [s.slice for s in manager.get_op_slices(conv_relu)] == [
+      orm.Slice(0, 5), orm.Slice(5, 5)]
+  group_a = _group(manager, built.op('add_a'))
+  group_b = _group(manager, built.op('add_b'))
+  assert group_a is not group_b
+  assert _group(manager, conv_relu, 0) is group_a
+  assert _group(manager, conv_relu, 1) is group_b
+  assert _group(manager, built.op('conv_a/Relu')) is group_a
+  assert _group(manager, built.op('conv_b/Relu')) is group_b
+
+
+def test_stalled_grouping_hits_iteration_limit(mode):
+  # A channel-changing op handled as element-wise (the original's default for
+  # an unknown type) waits forever for an input of its own size.
   def net(image, var):
-    conv = _conv(image, var, 'conv', 10, bn=True)
-    split = tf.split(conv, [5, 5], axis=3)
-    conv_a = _conv(image, var, 'conv_a', 5, bn=True)
-    conv_b = _conv(image, var, 'conv_b', 5, bn=True)
-    return tf.add(split[0], conv_a, name='add_a'), tf.add(split[1], conv_b, name='add_b')
+    conv = _conv(image, var, 'conv', 5, bn=True)
+    tiled = tf.tile(conv, [1, 1, 1, 2], name='tile')
+    return tf.add(tiled, _conv(image, var, 'conv_b', 10, bn=True), name='add')
 
   built = graph_modes.build(mode, net, IMAGE_SHAPE)
+  handlers = _gamma_handlers()
+  handlers['Tile'] = grouping_op_handler.GroupingOpHandler()
   with pytest.raises(RuntimeError, match=r'OpRegularizerManager could not handle ops: '
-                     r"\[.*'add_a \(AddV2\)'.*\]. .*iteration_limit=100"):
-    orm.OpRegularizerManager([built.op('add_a'), built.op('add_b')], _gamma_handlers(),
-                             iteration_limit=100)
+                     r"\[.*'tile \(Tile\)'.*\]. .*iteration_limit=100"):
+    orm.OpRegularizerManager([built.op('add')], handlers, iteration_limit=100)
 
 
 @pytest.mark.parametrize('multiplier', [1, 2, 7])

@@ -13,9 +13,14 @@ an independent brute-force account of the model's channels (`ChannelOracle`):
   inputs of an `Add` / `Multiply`, a depthwise output channel k with input
   channel k // depth_multiplier;
 * a `Concatenate` on the channel axis concatenates the id lists;
-* layers that reshape (Flatten, Reshape, nearest UpSampling2D, Dense on a rank
-  3 input) end the channels, as MorphNet's `Reshape` leaf handler does: their
-  outputs get fresh ids with no source;
+* layers that reshape keep the channels when the last axis keeps its size
+  (Reshape((H*W, C)), nearest UpSampling2D, Dense on a rank 3 input, Flatten
+  of a 1x1 map): the row-major channel index is unchanged (issue 11); other
+  reshapes (Flatten) end the channels: their outputs get fresh ids with no
+  source;
+* a Dense on a rank > 2 input multiplies one row per position: its cost
+  coefficient is 2 * rows (rows = product of the dims between batch and
+  channels);
 * the sources of a channel are the gammas of the BatchNormalization layers it
   passes through (Gamma regularizers) or the output slices of the conv /
   Dense kernels that create it (GroupLasso regularizers).
@@ -455,19 +460,17 @@ class _Builder:
   def dense(self, x, ids, units):
     layer = L.Dense(units)
     y = layer(x)
-    if len(x.shape) > 2:
-      # Reshape -> MatMul -> Reshape: the reshapes end the channels.
-      in_ids = self.oracle.fresh(len(ids))
-      out = self.oracle.fresh(units)
-      result = self.oracle.fresh(units)
-    else:
-      in_ids, out = ids, self.oracle.fresh(units)
-      result = out
+    # Reshape -> MatMul -> Reshape on a rank > 2 input: the reshapes keep the
+    # last axis, so they carry the channels; the MatMul has one row per
+    # position.
+    rows = _spatial(x) if len(x.shape) > 2 else 1
+    in_ids, out = ids, self.oracle.fresh(units)
+    result = out
     self.oracle.add_kernel(out, layer, 'kernel', 1)
     self.kernels.append((layer, 'kernel', 1))
     self.oracle.exported[layer.name] = out
-    # 2 * C_in * C_out for a MatMul; weights C_in * C_out.
-    self.oracle.terms.append(CostTerm(layer.name, 2, 1, in_ids, out))
+    # 2 * rows * C_in * C_out for a MatMul; weights C_in * C_out.
+    self.oracle.terms.append(CostTerm(layer.name, 2 * rows, 1, in_ids, out))
     return y, result
 
   # -- blocks ---------------------------------------------------------------
@@ -532,9 +535,8 @@ class _Builder:
       return L.Activation('sigmoid')(x), ids
     if kind == 'upsample':
       y = L.UpSampling2D(2, interpolation=b['interpolation'])(x)
-      if b['interpolation'] == 'nearest':
-        # Keras 3 repeats with Reshape / Tile / Reshape: the channels end.
-        return y, self.oracle.fresh(len(ids))
+      # Nearest: Keras 3 repeats with Reshape / Tile / Reshape, all keeping
+      # the last axis: the channels are carried either way.
       return y, ids
     if kind == 'side_output':
       if b['dense']:
@@ -561,14 +563,16 @@ class _Builder:
       return x
     if kind == 'flatten_dense':
       flat = L.Flatten()(x)
-      x, ids = self.dense(flat, self.oracle.fresh(flat.shape[-1]), head['units'])
+      # A Flatten of a 1x1 map keeps the channels; otherwise they end.
+      flat_ids = ids if flat.shape[-1] == len(ids) else self.oracle.fresh(flat.shape[-1])
+      x, ids = self.dense(flat, flat_ids, head['units'])
       if head['batch_norm']:
         x, ids = self.batch_norm(x, ids)
       return x
     if kind == 'reshape_dense':
       h, w, c = x.shape[1:]
-      x = L.Reshape((h * w, c))(x)
-      x, _ = self.dense(x, self.oracle.fresh(c), head['units'])
+      x = L.Reshape((h * w, c))(x)  # Keeps the last axis: carries the channels.
+      x, _ = self.dense(x, ids, head['units'])
       return x
     raise ValueError(f'Unknown head {head!r}.')
 
