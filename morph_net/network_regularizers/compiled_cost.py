@@ -43,7 +43,6 @@ a `tf.function` or a distribution-strategy replica the ops are built inline.
 from __future__ import annotations
 
 import collections
-import numbers
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -78,7 +77,9 @@ def _monomials(a_in, a_out, r_in, r_out):
 
 
 def _is_number(value) -> bool:
-  return isinstance(value, numbers.Real) and not tf.is_tensor(value)
+  # Not `tf.is_tensor`: its protocol check costs ~50 us per call.
+  return isinstance(value, (int, float, np.number)) and not isinstance(
+      value, (bool, np.bool_))
 
 
 def _close(predicted: float, actual: float, scale: float) -> bool:
@@ -87,7 +88,7 @@ def _close(predicted: float, actual: float, scale: float) -> bool:
 
 
 def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
-                 is_regularization: bool) -> Optional[np.ndarray]:
+                 is_regularization: bool) -> Optional[List[float]]:
   """The 8 monomial coefficients of `fn(op, is_regularization, ...)`, or None.
 
   Args:
@@ -97,7 +98,7 @@ def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
     is_regularization: Fit the term (True) or the cost (False).
 
   Returns:
-    A float64 array of the coefficients of `1, A_in, A_out, A_in*A_out,
+    The coefficients (floats) of `1, A_in, A_out, A_in*A_out,
     R_in, R_out, A_in*R_out, A_out*R_in`, or None if `fn` does not return
     numbers for `op` (e.g. a dynamic shape) or is not of that form.
   """
@@ -109,7 +110,7 @@ def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
       return None
     values.append(float(value))
   v = values
-  t = np.zeros(_NUM_MONOMIALS)
+  t = [0.0] * _NUM_MONOMIALS
   t[0] = v[0]
   t[1] = v[1] - v[0]
   t[2] = v[2] - v[0]
@@ -123,21 +124,20 @@ def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
     actual = fn(op, is_regularization, *point)
     if not _is_number(actual):
       return None
-    terms = t * np.array(_monomials(*point))
-    if not _close(float(np.sum(terms)), float(actual),
-                  float(np.sum(np.abs(terms)))):
+    terms = [c * m for c, m in zip(t, _monomials(*point))]
+    if not _close(sum(terms), float(actual), sum(abs(x) for x in terms)):
       return None
   return t
 
 
-def _evaluate_form(coefficients: np.ndarray, point) -> float:
-  return float(np.dot(coefficients, _monomials(*point)))
+def _evaluate_form(coefficients, point) -> float:
+  return sum(c * m for c, m in zip(coefficients, _monomials(*point)))
 
 
 class _OpCoefficients:
   """Per compiled op: cost and term coefficients of every component."""
 
-  def __init__(self, cost: List[np.ndarray], term: List[np.ndarray]):
+  def __init__(self, cost: List[List[float]], term: List[List[float]]):
     self.cost = cost
     self.term = term
 
@@ -346,21 +346,21 @@ class _Program:
     # Gamma gather: unique sources, read once each.
     self._gamma_sources = []
     source_offset = {}
+    total_length = 0
     gather = []
     thresholds = []
     for _, (source, begin, size, threshold) in self._gamma_leaves:
       key = id(source)
       if key not in source_offset:
-        source_offset[key] = sum(
-            lazy_evaluation.static_shape(s)[0] for s in self._gamma_sources)
+        source_offset[key] = total_length
+        total_length += int(lazy_evaluation.static_shape(source)[0])
         self._gamma_sources.append(source)
       start = source_offset[key] + begin
       gather.extend(range(start, start + size))
       thresholds.extend([threshold] * size)
     self._gamma_gather = np.array(gather, np.int32)
     self._gamma_identity = bool(
-        len(gather) == sum(int(lazy_evaluation.static_shape(s)[0])
-                           for s in self._gamma_sources)
+        len(gather) == total_length
         and np.array_equal(self._gamma_gather, np.arange(len(gather))))
     self._gamma_thresholds = np.array(thresholds, np.float32)
     self._gamma_uniform_threshold = (
@@ -428,8 +428,7 @@ class _Program:
     regs = []
     alives = []
     if self._gamma_leaves:
-      values = [tf.reshape(tf.cast(lazy_evaluation.materialize(s), tf.float32),
-                           [-1]) for s in self._gamma_sources]
+      values = [lazy_evaluation.materialize(s) for s in self._gamma_sources]
       gammas = values[0] if len(values) == 1 else tf.concat(values, 0)
       if not self._gamma_identity:
         gammas = tf.gather(gammas, self._gamma_gather)
@@ -481,10 +480,12 @@ class _Program:
     if not self.num_slots:
       return const, tf.zeros_like(const)
     reg, alive = self._channel_vectors()
-    slot_alive = tf.math.unsorted_segment_sum(
-        tf.cast(alive, tf.float64), self._channel_slot, self.num_slots + 1)
-    slot_reg = tf.math.unsorted_segment_sum(
-        tf.cast(reg, tf.float64), self._channel_slot, self.num_slots + 1)
+    # Sums per slot in float32 (exact for counts; as precise as the per-op
+    # path's reduce_sum for regularization), then float64 for the products.
+    slot_alive = tf.cast(tf.math.unsorted_segment_sum(
+        alive, self._channel_slot, self.num_slots + 1), tf.float64)
+    slot_reg = tf.cast(tf.math.unsorted_segment_sum(
+        reg, self._channel_slot, self.num_slots + 1), tf.float64)
     if not len(self._side_gather):
       return const, tf.zeros_like(const)
     alive_sum = tf.math.unsorted_segment_sum(
