@@ -268,6 +268,7 @@ class _Program:
 
     # --- Channel layout. ---
     self._build_layout()
+    self._side_cache = lazy_evaluation.PerGraphCache()
 
   # Analysis helpers.
 
@@ -475,7 +476,10 @@ class _Program:
     return reg, alive
 
   def _side_values(self):
-    """(A, R) float64 vectors over sides."""
+    """(A, R) float64 vectors over sides (shared by cost and term in a graph)."""
+    return self._side_cache.get(self._compute_side_values)
+
+  def _compute_side_values(self):
     const = tf.constant(self._side_const_array)
     if not self.num_slots:
       return const, tf.zeros_like(const)
