@@ -1,57 +1,262 @@
-"""Benchmark 1: trace + analysis + first cost evaluation of deep Keras models.
+"""Benchmark: analysis and first evaluation of cost and term, per model.
 
-Target (issue 6): ResNet152 under 2 s. Also shows how the time grows with depth
-(ResNet50 -> 101 -> 152). Run: python benchmarks/analysis_speed.py
+For each Keras model (224x224, batch 1, GammaFlopsRegularizer) it reports
+
+  trace s, analysis s, first get_cost() s, first get_regularization_term() s,
+  eager get_cost() ms per call (median), cost-function nodes (ops in the
+  graph of a tf.function calling get_cost()), extra memory (RSS growth over
+  the first cost and term and 200 reads, MiB), and the ratio
+  (analysis + first cost + first term) / trace.
+
+The model's own trace is the unit of the ratio, so the figure carries from
+machine to machine (target, issue 13: <= 1.0 for every keras.applications
+model; eager get_cost <= 1 ms; extra memory <= 50 MiB). Each model runs in a
+fresh subprocess (clean memory figures). `--per-op` also times today's per-op
+`CostCalculator` on the same manager (first cost + first term, nodes) and
+checks the values agree; `--graph` times building cost and term for a
+ResNet-152 v1 graph in tf.compat.v1 mode, per-op vs compiled.
+
+Run: python benchmarks/analysis_speed.py [--all] [--per-op] [--graph]
+     [--record] [--models ResNet50 DenseNet201 ...]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import keras  # noqa: E402
-
-from morph_net.keras_integration import tracing  # noqa: E402
-from morph_net.network_regularizers import flop_regularizer  # noqa: E402
-
 import results_table  # noqa: E402
 
-MODELS = ('ResNet50', 'ResNet101', 'ResNet152', 'InceptionV3', 'DenseNet201')
+TITLE = ('Analysis speed, compiled cost (224x224, batch 1, GammaFlops; ratio = '
+         '(analysis + 1st cost + 1st term) / trace)')
+COLUMNS = ('model', 'op slices', 'trace s', 'analysis s', '1st cost s',
+           '1st term s', 'ratio', 'get_cost ms/call', 'cost nodes',
+           'extra MiB', 'per-op 1st cost+term s (nodes)')
+DEFAULT_MODELS = ('ResNet50', 'ResNet152', 'InceptionV3', 'MobileNetV2',
+                  'EfficientNetB0', 'DenseNet201')
 
 
-def measure(name: str, size: int = 224) -> dict:
-  model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+def _rss_mib() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def _nodes(fn) -> int:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  graph = tf.function(fn, autograph=False).get_concrete_function().graph
+  return len(graph.get_operations())
+
+
+def measure_one(name: str, size: int, per_op: bool) -> dict:
+  """Measures one keras.applications model in this process."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from morph_net.keras_integration import tracing  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import cost_calculator  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import resource_function  # pylint: disable=g-import-not-at-top
+
+  model = getattr(keras.applications, name)(weights=None,
+                                            input_shape=(size, size, 3))
   start = time.perf_counter()
   traced = tracing.trace_model(model)
   traced_at = time.perf_counter()
-  reg = flop_regularizer.GammaFlopsRegularizer(traced.output_ops, gamma_threshold=1e-2)
+  reg = flop_regularizer.GammaFlopsRegularizer(traced.output_ops,
+                                               gamma_threshold=1e-2)
   analysed_at = time.perf_counter()
+  rss_before = _rss_mib()
   cost = float(reg.get_cost())
-  done = time.perf_counter()
-  return dict(model=name, ops=len(reg.op_regularizer_manager.ops), flops=cost,
-              trace=traced_at - start, analysis=analysed_at - traced_at,
-              first_cost=done - analysed_at, total=done - start)
+  cost_at = time.perf_counter()
+  term = float(reg.get_regularization_term())
+  term_at = time.perf_counter()
+  runs = []
+  for _ in range(5):
+    begin = time.perf_counter()
+    for _ in range(40):
+      reg.get_cost()
+    runs.append((time.perf_counter() - begin) / 40 * 1e3)
+  rss_after = _rss_mib()
+  manager = reg.op_regularizer_manager
+  row = dict(
+      model=name, ops=len(manager.ops),
+      slices=sum(len(manager.get_op_slices(op)) for op in manager.ops),
+      flops=cost, trace=traced_at - start, analysis=analysed_at - traced_at,
+      first_cost=cost_at - analysed_at, first_term=term_at - cost_at,
+      ms_per_call=statistics.median(runs), nodes=_nodes(reg.get_cost),
+      term_nodes=_nodes(reg.get_regularization_term),
+      extra_mib=rss_after - rss_before,
+      fallback_ops=len(reg._calculator.program.fallback_ops))  # pylint: disable=protected-access
+  row['ratio'] = (row['analysis'] + row['first_cost'] + row['first_term']) / row['trace']
+  if per_op:
+    calculator = cost_calculator.CostCalculator(
+        manager, resource_function.flop_function)
+    begin = time.perf_counter()
+    reference_cost = float(calculator.get_cost())
+    reference_term = float(calculator.get_regularization_term())
+    row['per_op_first'] = time.perf_counter() - begin
+    row['per_op_nodes'] = _nodes(calculator.get_cost)
+    row['per_op_rel_diff'] = max(abs(cost / reference_cost - 1),
+                                 abs(term / reference_term - 1))
+  return row
+
+
+def _resnet152_v1_graph(tf):
+  """A ResNet-152 v1 graph of raw ops (conv + fused batch norm + relu)."""
+  graph = tf.Graph()
+  counter = [0]
+  with graph.as_default():
+    def conv_bn(x, out, kernel, stride=1, relu=True):
+      counter[0] += 1
+      name = f'unit{counter[0]}'
+      w = tf.compat.v1.get_variable(
+          name + '/w', [kernel, kernel, x.shape[-1], out], use_resource=True,
+          initializer=tf.compat.v1.ones_initializer())
+      y = tf.nn.conv2d(x, w, stride, 'SAME')
+      gamma = tf.compat.v1.get_variable(
+          name + '/gamma', [out], use_resource=True,
+          initializer=tf.compat.v1.ones_initializer())
+      y, _, _ = tf.compat.v1.nn.fused_batch_norm(y, gamma, tf.zeros([out]),
+                                                 is_training=True)
+      return tf.nn.relu(y) if relu else y
+
+    x = tf.compat.v1.placeholder(tf.float32, [1, 224, 224, 3])
+    x = conv_bn(x, 64, 7, 2)
+    x = tf.nn.max_pool2d(x, 3, 2, 'SAME')
+    for stage, (units, depth) in enumerate(((3, 64), (8, 128), (36, 256),
+                                            (3, 512))):
+      for unit in range(units):
+        stride = 2 if unit == 0 and stage > 0 else 1
+        shortcut = x
+        if unit == 0:
+          shortcut = conv_bn(x, depth * 4, 1, stride, relu=False)
+        y = conv_bn(x, depth, 1, stride)
+        y = conv_bn(y, depth, 3)
+        y = conv_bn(y, depth * 4, 1, relu=False)
+        x = tf.nn.relu(shortcut + y)
+    x = tf.reduce_mean(x, [1, 2])
+    w = tf.compat.v1.get_variable('logits/w', [2048, 1000], use_resource=True)
+    logits = tf.matmul(x, w)
+  return graph, logits
+
+
+def measure_graph_mode() -> dict:
+  """Per-op vs compiled build of cost + term on a ResNet-152 v1 graph."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import compiled_cost  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import cost_calculator  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import resource_function  # pylint: disable=g-import-not-at-top
+
+  graph, logits = _resnet152_v1_graph(tf)
+  with graph.as_default():
+    begin = time.perf_counter()
+    reg = flop_regularizer.GammaFlopsRegularizer([logits.op], 1e-2)
+    manager_s = time.perf_counter() - begin
+    manager = reg.op_regularizer_manager
+    timings = {}
+    tensors = {}
+    # Interleaved, each path on a fresh calculator; the median of 3.
+    for _ in range(3):
+      for kind, cls in (('per_op', cost_calculator.CostCalculator),
+                        ('compiled', compiled_cost.CompiledCostCalculator)):
+        calculator = cls(manager, resource_function.flop_function)
+        begin = time.perf_counter()
+        tensors[kind] = (calculator.get_cost(),
+                         calculator.get_regularization_term())
+        timings.setdefault(kind, []).append(time.perf_counter() - begin)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      values = sess.run(tensors)
+  per_op = statistics.median(timings['per_op'])
+  compiled = statistics.median(timings['compiled'])
+  diff = max(abs(values['compiled'][i] / values['per_op'][i] - 1)
+             for i in range(2))
+  return dict(manager_s=manager_s, per_op_s=per_op, compiled_s=compiled,
+              speedup=per_op / compiled, rel_diff=diff)
+
+
+def _all_application_models():
+  import keras  # pylint: disable=g-import-not-at-top
+  names = []
+  for name in dir(keras.applications):
+    value = getattr(keras.applications, name)
+    if name[:1].isupper() and callable(value):
+      names.append(name)
+  return sorted(names)
 
 
 def main():
-  rows = [measure(name) for name in MODELS]
-  print(f'{"model":<12} {"ops":>6} {"GFLOPs":>8} {"trace s":>8} {"analysis s":>10} '
-        f'{"1st cost s":>10} {"total s":>8}')
-  for r in rows:
-    print(f'{r["model"]:<12} {r["ops"]:>6} {r["flops"] / 1e9:>8.2f} {r["trace"]:>8.2f} '
-          f'{r["analysis"]:>10.2f} {r["first_cost"]:>10.2f} {r["total"]:>8.2f}')
-  by_name = {r['model']: r for r in rows}
-  growth = by_name['ResNet152']['total'] / by_name['ResNet50']['total']
-  ops_growth = by_name['ResNet152']['ops'] / by_name['ResNet50']['ops']
-  print(f'ResNet152 / ResNet50: time x{growth:.2f} for ops x{ops_growth:.2f} '
-        f'(target: ResNet152 total < 2 s; measured {by_name["ResNet152"]["total"]:.2f} s)')
-  results_table.record(
-      'Analysis speed (224x224, batch 1; seconds: trace + analysis + first get_cost)',
-      [r['model'] for r in rows] + ['R152/R50 time (ops ratio)'],
-      [f'{r["total"]:.2f} ({r["trace"]:.2f}+{r["analysis"]:.2f}+{r["first_cost"]:.2f})'
-       for r in rows] + [f'{growth:.2f} ({ops_growth:.2f})'])
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--models', nargs='*', default=None)
+  parser.add_argument('--all', action='store_true',
+                      help='every model of keras.applications')
+  parser.add_argument('--size', type=int, default=224)
+  parser.add_argument('--per-op', action='store_true',
+                      help='also time the per-op CostCalculator')
+  parser.add_argument('--graph', action='store_true',
+                      help='graph mode: ResNet-152 v1 build, per-op vs compiled')
+  parser.add_argument('--record', action='store_true',
+                      help='append the rows to benchmarks/README.md')
+  parser.add_argument('--one', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.one:
+    print(json.dumps(measure_one(args.one, args.size, args.per_op)))
+    return
+  names = (_all_application_models() if args.all
+           else args.models or list(DEFAULT_MODELS))
+  rows = []
+  header = (f'{"model":<18} {"slices":>6} {"trace s":>7} {"anal s":>6} '
+            f'{"cost s":>6} {"term s":>6} {"ratio":>6} {"ms/call":>7} '
+            f'{"nodes":>5} {"MiB":>5}')
+  if args.per_op:
+    header += f' {"per-op s":>8} {"per-op nodes":>12} {"rel diff":>8}'
+  print(header, flush=True)
+  for name in names:
+    command = [sys.executable, __file__, '--one', name, '--size', str(args.size)]
+    if args.per_op:
+      command.append('--per-op')
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                [os.path.dirname(os.path.dirname(
+                                    os.path.abspath(__file__)))] + sys.path)))
+    if result.returncode != 0:
+      print(f'{name:<18} failed: {result.stderr.strip().splitlines()[-1:]}',
+            flush=True)
+      continue
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    rows.append(r)
+    line = (f'{r["model"]:<18} {r["slices"]:>6} {r["trace"]:>7.2f} '
+            f'{r["analysis"]:>6.2f} {r["first_cost"]:>6.2f} '
+            f'{r["first_term"]:>6.2f} {r["ratio"]:>6.2f} '
+            f'{r["ms_per_call"]:>7.2f} {r["nodes"]:>5} {r["extra_mib"]:>5.0f}')
+    if args.per_op:
+      line += (f' {r["per_op_first"]:>8.2f} {r["per_op_nodes"]:>12} '
+               f'{r["per_op_rel_diff"]:>8.1e}')
+    print(line, flush=True)
+    if args.record:
+      per_op = (f'{r["per_op_first"]:.2f} ({r["per_op_nodes"]})'
+                if args.per_op else '-')
+      results_table.record(TITLE, COLUMNS, [
+          r['model'], r['slices'], f'{r["trace"]:.2f}', f'{r["analysis"]:.2f}',
+          f'{r["first_cost"]:.2f}', f'{r["first_term"]:.2f}',
+          f'{r["ratio"]:.2f}', f'{r["ms_per_call"]:.2f}', r['nodes'],
+          f'{r["extra_mib"]:.0f}', per_op], keep=60)
+  if rows:
+    worst = max(rows, key=lambda r: r['ratio'])
+    print(f'worst ratio (analysis + first cost + first term) / trace: '
+          f'{worst["ratio"]:.2f} ({worst["model"]}); target <= 1.0')
+  if args.graph:
+    g = measure_graph_mode()
+    print(f'graph mode ResNet-152 v1: manager {g["manager_s"]:.2f} s; cost + '
+          f'term build per-op {g["per_op_s"]:.2f} s, compiled '
+          f'{g["compiled_s"]:.2f} s: x{g["speedup"]:.1f} (target >= 10); '
+          f'values rel diff {g["rel_diff"]:.1e}')
 
 
 if __name__ == '__main__':

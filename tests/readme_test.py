@@ -34,3 +34,15 @@ def test_apply_structure_example_runs():
   assert result.returncode == 0, result.stderr[-2000:]
   # 8 of mix_3x3's 32 gammas stay above the threshold (not grouped with others).
   assert result.stdout.strip().splitlines()[-1].startswith('8 ')
+
+
+def test_custom_op_handler_example_runs_and_prints_the_flop_cost():
+  code = _python_block('## Extending: your own op types')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  # conv1: 2 * 32*32 * 3*3 * 3 * 8 alive = 442368; the ReverseV2 leaf ends the
+  # chain, so conv2 keeps its 16 inputs: 2 * 32*32 * 3*3 * 16 * 8 = 2359296.
+  assert result.stdout.strip().splitlines()[-1] == str(float(442368 + 2359296))
+  # unknown_op_policy='error' and no other unknown op: nothing was warned about.
+  assert 'no op handler' not in result.stderr

@@ -10,6 +10,8 @@ class UnsupportedOpError(ValueError):
     super().__init__(
         f'{reason} Received: op={op_name!r} of type {op_type!r}. To support it, '
         f'register a handler for its type, e.g. '
-        f'`op_handler_dict[{op_type!r}] = GroupingOpHandler()` for an op that '
-        f'keeps its input channels, or `LeafOpHandler()` for one that ends '
-        f'the channel chain, and pass the dict to the regularizer.')
+        f'`GroupingOpHandler()` for an op that keeps its input channels, or '
+        f'`LeafOpHandler()` for one that ends the channel chain: pass '
+        f'`extra_op_handlers={{{op_type!r}: handler}}` to the network '
+        f'regularizer (or to from_keras_model), or register it in the '
+        f'op_handler_dict given to OpRegularizerManager.')

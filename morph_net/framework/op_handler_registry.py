@@ -156,10 +156,12 @@ class OpHandlerDict(collections.defaultdict):
         'MorphNet has no op handler for op type %r: it is treated as '
         'channel-preserving (every output channel grouped with the same '
         'channel of its inputs and outputs). If ops of this type change or '
-        'reorder channels, register a handler, e.g. '
-        "`op_handler_dict.register(%r, LeafOpHandler())`, or pass "
+        'reorder channels, register a handler: pass '
+        "extra_op_handlers={%r: LeafOpHandler()} to the network regularizer "
+        '(or to from_keras_model), or call '
+        "`op_handler_dict.register(%r, LeafOpHandler())`; pass "
         "unknown_op_policy='error' to reject unknown op types.",
-        op_type, op_type)
+        op_type, op_type, op_type)
     handler = self.default_factory()
     self[op_type] = handler
     return handler

@@ -11,14 +11,13 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from morph_net.framework import generic_regularizers
-from morph_net.framework import op_regularizer_manager as orm
-from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import base_network_regularizer
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import resource_function
 
 
-class GammaActivationRegularizer(generic_regularizers.NetworkRegularizer):
+class GammaActivationRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets activations using batch-norm gammas.
 
   Args:
@@ -31,10 +30,18 @@ class GammaActivationRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `gamma_threshold` is negative.
   """
+
+  _NAME = 'GammaActivationCount'
+  _COST_NAME = 'Activations'
 
   def __init__(
       self,
@@ -44,38 +51,25 @@ class GammaActivationRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     flop_regularizer._check_threshold('gamma_threshold', gamma_threshold)
-    self._manager = orm.OpRegularizerManager(
+    self._build(
         output_boundary,
         flop_regularizer._gamma_op_handler_dict(
             gamma_threshold, regularizer_decorator, decorator_parameters),
+        resource_function.activation_count_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, resource_function.activation_count_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'GammaActivationCount'
-
-  @property
-  def cost_name(self) -> str:
-    return 'Activations'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)
 
 
-class GroupLassoActivationRegularizer(generic_regularizers.NetworkRegularizer):
+class GroupLassoActivationRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets activations using group lasso.
 
   The weights of `Conv2D`, `Conv2DBackpropInput` and `MatMul` ops are the
@@ -92,10 +86,18 @@ class GroupLassoActivationRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `threshold` is negative or `l1_fraction` is outside [0, 1].
   """
+
+  _NAME = 'GroupLassoActivationCount'
+  _COST_NAME = 'Activations'
 
   def __init__(
       self,
@@ -106,35 +108,21 @@ class GroupLassoActivationRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     flop_regularizer._check_threshold('threshold', threshold)
     flop_regularizer._check_l1_fraction(l1_fraction)
-    self._manager = orm.OpRegularizerManager(
+    self._build(
         output_boundary,
         flop_regularizer._group_lasso_op_handler_dict(
             threshold, l1_fraction, regularizer_decorator,
             decorator_parameters,
             source_op_types=('Conv2D', 'Conv2DBackpropInput', 'MatMul')),
+        resource_function.activation_count_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, resource_function.activation_count_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'GroupLassoActivationCount'
-
-  @property
-  def cost_name(self) -> str:
-    return 'Activations'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)

@@ -190,6 +190,28 @@ def get_input_activation(op: tf.Operation) -> tf.Tensor:
 _warned_unknown_channels = set()
 
 
+def static_channel_count(tensor: tf.Tensor) -> float:
+  """The static number of channels of `tensor` (its last dim), as a float.
+
+  0.0 when unknown, with a warning once per tensor: the cost of the ops
+  reading it is then undercounted.
+  """
+  channels = tensor.shape[-1] if tensor.shape.rank else None
+  if channels is None:
+    # A warning (the original logged at info level): the op's cost is wrong.
+    key = (id(tensor.graph), tensor.name)
+    if key not in _warned_unknown_channels:
+      _warned_unknown_channels.add(key)
+      consumers = ', '.join(op.name for op in tensor.consumers()) or 'none'
+      logging.warning(
+          'Unknown number of channels for tensor %r (read by %s): counted '
+          'as 0 alive channels, so the cost of its consumers is undercounted. '
+          'Give the tensor a static channel dimension (e.g. set_shape).',
+          tensor.name, consumers)
+    channels = 0
+  return float(channels)
+
+
 def _count_alive(tensor: tf.Tensor, regularizer, cache,
                  propagate_non_finite: bool = False):
   """Number of alive channels of `tensor`, as a float32 scalar tensor.
@@ -203,20 +225,7 @@ def _count_alive(tensor: tf.Tensor, regularizer, cache,
   channel would be counted dead and the cost would silently drop instead.
   """
   if regularizer is None:
-    channels = tensor.shape[-1] if tensor.shape.rank else None
-    if channels is None:
-      # A warning (the original logged at info level): the op's cost is wrong.
-      key = (id(tensor.graph), tensor.name)
-      if key not in _warned_unknown_channels:
-        _warned_unknown_channels.add(key)
-        consumers = ', '.join(op.name for op in tensor.consumers()) or 'none'
-        logging.warning(
-            'Unknown number of channels for tensor %r (read by %s): counted '
-            'as 0 alive channels, so the cost of its consumers is undercounted. '
-            'Give the tensor a static channel dimension (e.g. set_shape).',
-            tensor.name, consumers)
-      channels = 0
-    return tf.constant(float(channels), tf.float32)
+    return tf.constant(static_channel_count(tensor), tf.float32)
   if not propagate_non_finite:
     return _memoized_sum(
         regularizer, cache,

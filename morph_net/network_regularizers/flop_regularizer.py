@@ -27,12 +27,11 @@ from morph_net.framework import batch_norm_source_op_handler
 from morph_net.framework import conv2d_transpose_source_op_handler
 from morph_net.framework import conv_source_op_handler
 from morph_net.framework import decomposed_batch_norm_source_op_handler
-from morph_net.framework import generic_regularizers
 from morph_net.framework import matmul_source_op_handler
 from morph_net.framework import op_handler_decorator
 from morph_net.framework import op_handlers
-from morph_net.framework import op_regularizer_manager as orm
-from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import base_network_regularizer
+from morph_net.network_regularizers import compiled_cost
 from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
@@ -47,7 +46,7 @@ _GROUP_LASSO_SOURCES = {
 }
 
 
-class GammaFlopsRegularizer(generic_regularizers.NetworkRegularizer):
+class GammaFlopsRegularizer(base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets FLOPs using batch-norm gammas.
 
   Args:
@@ -60,10 +59,18 @@ class GammaFlopsRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `gamma_threshold` is negative.
   """
+
+  _NAME = 'GammaFlops'
+  _COST_NAME = 'FLOPs'
 
   def __init__(
       self,
@@ -73,38 +80,25 @@ class GammaFlopsRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     _check_threshold('gamma_threshold', gamma_threshold)
-    self._manager = orm.OpRegularizerManager(
+    self._build(
         output_boundary,
         _gamma_op_handler_dict(gamma_threshold, regularizer_decorator,
                                decorator_parameters),
+        resource_function.flop_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, resource_function.flop_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'GammaFlops'
-
-  @property
-  def cost_name(self) -> str:
-    return 'FLOPs'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)
 
 
-class GroupLassoFlopsRegularizer(generic_regularizers.NetworkRegularizer):
+class GroupLassoFlopsRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets FLOPs using group lasso on the weights.
 
   The weights of `Conv2D`, `Conv3D`, `Conv2DBackpropInput` and `MatMul` ops
@@ -121,10 +115,18 @@ class GroupLassoFlopsRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `threshold` is negative or `l1_fraction` is outside [0, 1].
   """
+
+  _NAME = 'GroupLassoFlops'
+  _COST_NAME = 'FLOPs'
 
   def __init__(
       self,
@@ -135,37 +137,23 @@ class GroupLassoFlopsRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     _check_threshold('threshold', threshold)
     _check_l1_fraction(l1_fraction)
-    self._manager = orm.OpRegularizerManager(
+    self._build(
         output_boundary,
         _group_lasso_op_handler_dict(threshold, l1_fraction,
                                      regularizer_decorator,
                                      decorator_parameters),
+        resource_function.flop_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, resource_function.flop_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'GroupLassoFlops'
-
-  @property
-  def cost_name(self) -> str:
-    return 'FLOPs'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)
 
 
 def _decorate(handler, regularizer_decorator, decorator_parameters):
@@ -258,14 +246,9 @@ class LogisticSigmoidFlopsRegularizer(
   regularizer_blacklist=None`).
   """
 
+  _NAME = 'LogisticSigmoidFlops'
+  _COST_NAME = 'FLOPs'
+
   def get_calculator(self):
-    return cost_calculator.CostCalculator(
+    return compiled_cost.CompiledCostCalculator(
         self._manager, resource_function.flop_function)
-
-  @property
-  def name(self) -> str:
-    return 'LogisticSigmoidFlops'
-
-  @property
-  def cost_name(self) -> str:
-    return 'FLOPs'

@@ -13,15 +13,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from morph_net.framework import generic_regularizers
-from morph_net.framework import op_regularizer_manager as orm
-from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import base_network_regularizer
+from morph_net.network_regularizers import compiled_cost
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
 
-class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
+class GammaLatencyRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets latency using batch-norm gammas.
 
   Args:
@@ -36,11 +36,22 @@ class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `gamma_threshold` is negative, `hardware` is unknown or
       `batch_size` is not positive.
   """
+
+  _NAME = 'Latency'
+
+  @property
+  def cost_name(self) -> str:
+    return self._hardware + ' Latency'
 
   def __init__(
       self,
@@ -52,41 +63,30 @@ class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     flop_regularizer._check_threshold('gamma_threshold', gamma_threshold)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
     self._hardware = hardware
-    self._manager = orm.OpRegularizerManager(
+    components = latency_components(hardware, batch_size)
+    self._build(
         output_boundary,
         flop_regularizer._gamma_op_handler_dict(
             gamma_threshold, regularizer_decorator, decorator_parameters),
+        latency_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, latency_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'Latency'
-
-  @property
-  def cost_name(self) -> str:
-    return self._hardware + ' Latency'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy,
+        components=components)
 
 
-class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
+class GroupLassoLatencyRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer):
   """A NetworkRegularizer that targets latency using group lasso.
 
   The weights of `Conv2D`, `Conv3D`, `Conv2DBackpropInput` and `MatMul` ops
@@ -105,11 +105,22 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `threshold` is negative, `l1_fraction` is outside [0, 1],
       `hardware` is unknown or `batch_size` is not positive.
   """
+
+  _NAME = 'Latency'
+
+  @property
+  def cost_name(self) -> str:
+    return self._hardware + ' Latency'
 
   def __init__(
       self,
@@ -122,40 +133,28 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     flop_regularizer._check_threshold('threshold', threshold)
     flop_regularizer._check_l1_fraction(l1_fraction)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
     self._hardware = hardware
-    self._manager = orm.OpRegularizerManager(
+    components = latency_components(hardware, batch_size)
+    self._build(
         output_boundary,
         flop_regularizer._group_lasso_op_handler_dict(
             threshold, l1_fraction, regularizer_decorator,
             decorator_parameters),
+        latency_function,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
-    self._calculator = cost_calculator.CostCalculator(
-        self._manager, latency_function)
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
-
-  @property
-  def name(self) -> str:
-    return 'Latency'
-
-  @property
-  def cost_name(self) -> str:
-    return self._hardware + ' Latency'
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy,
+        components=components)
 
 
 class LogisticSigmoidLatencyRegularizer(
@@ -179,6 +178,11 @@ class LogisticSigmoidLatencyRegularizer(
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `hardware` is unknown, `batch_size` is not positive or
@@ -197,11 +201,15 @@ class LogisticSigmoidLatencyRegularizer(
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     # Checked before the (slower) graph analysis.
     self._latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
     self._hardware = hardware
+    self._batch_size = batch_size
     super().__init__(
         output_boundary,
         regularize_on_mask=regularize_on_mask,
@@ -211,15 +219,51 @@ class LogisticSigmoidLatencyRegularizer(
         decorator_parameters=decorator_parameters,
         input_boundary=input_boundary,
         force_group=force_group,
-        regularizer_blacklist=regularizer_blacklist)
+        regularizer_blacklist=regularizer_blacklist,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)
+
+  _NAME = 'LogisticSigmoidLatency'
 
   def get_calculator(self):
-    return cost_calculator.CostCalculator(self._manager, self._latency_function)
-
-  @property
-  def name(self) -> str:
-    return 'LogisticSigmoidLatency'
+    return compiled_cost.CompiledCostCalculator(
+        self._manager, self._latency_function,
+        components=latency_components(self._hardware, self._batch_size))
 
   @property
   def cost_name(self) -> str:
     return self._hardware + ' Latency'
+
+
+def latency_components(hardware: str, batch_size: int):
+  """The compute and memory times whose maximum is the latency of an op.
+
+  Used by the compiled cost (`compiled_cost.CompiledCostCalculator`), which
+  checks, op by op, that their maximum equals the latency function; None if
+  the hardware's figures cannot be read from the tables (the latency is then
+  costed op by op).
+
+  Args:
+    hardware: A key of `resource_function.PEAK_COMPUTE`.
+    batch_size: The batch size.
+
+  Returns:
+    `[compute_time, memory_time]`, two resource functions, or None.
+  """
+  try:
+    peak_compute = float(resource_function.PEAK_COMPUTE[hardware])
+    memory_bandwidth = float(resource_function.MEMORY_BANDWIDTH[hardware])
+  except (AttributeError, KeyError, TypeError, ValueError):
+    return None
+
+  def compute_time(op, is_regularization, *args):
+    if not is_regularization and not resource_function.is_flop_op(op):
+      return 0.0
+    return resource_function.flop_function(
+        op, is_regularization, *args, batch_size=batch_size) / peak_compute
+
+  def memory_time(op, is_regularization, *args):
+    return resource_function.memory_function(
+        op, is_regularization, *args, batch_size=batch_size) / memory_bandwidth
+
+  return [compute_time, memory_time]

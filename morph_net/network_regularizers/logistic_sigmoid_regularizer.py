@@ -31,16 +31,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
-from morph_net.framework import generic_regularizers
 from morph_net.framework import logistic_sigmoid_source_op_handler as ls_handler
 from morph_net.framework import op_handler_decorator
 from morph_net.framework import op_handlers
-from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import probabilistic_grouping_regularizer as pgr
+from morph_net.network_regularizers import base_network_regularizer
 
 
-class LogisticSigmoidRegularizer(generic_regularizers.NetworkRegularizer,
-                                 metaclass=abc.ABCMeta):
+class LogisticSigmoidRegularizer(
+    base_network_regularizer.BaseNetworkRegularizer, metaclass=abc.ABCMeta):
   """Abstract base of the network regularizers for probabilistic gates.
 
   Args:
@@ -59,6 +58,11 @@ class LogisticSigmoidRegularizer(generic_regularizers.NetworkRegularizer,
     force_group: List of regexes; the ops matching one regex are grouped.
     regularizer_blacklist: List of regexes; matching groups are not
       regularized.
+    extra_op_handlers: Keyword-only. Op type -> `OpHandler`, registered over
+      the built-in handlers (e.g. for a custom op type). Defaults to none.
+    unknown_op_policy: Keyword-only. `'group'` (default) treats an op type
+      without a handler as channel-preserving, with a warning; `'error'`
+      raises `UnsupportedOpError` for it.
 
   Raises:
     ValueError: `alive_threshold` is outside [0, 1].
@@ -74,7 +78,10 @@ class LogisticSigmoidRegularizer(generic_regularizers.NetworkRegularizer,
       decorator_parameters: Optional[Mapping[str, Any]] = None,
       input_boundary: Optional[Sequence[tf.Operation]] = None,
       force_group: Optional[Sequence[str]] = None,
-      regularizer_blacklist: Optional[Sequence[str]] = None):
+      regularizer_blacklist: Optional[Sequence[str]] = None,
+      *,
+      extra_op_handlers: Optional[Mapping[str, Any]] = None,
+      unknown_op_policy: str = 'group'):
     if isinstance(alive_threshold, numbers.Real) and not 0.0 <= alive_threshold <= 1.0:
       raise ValueError(
           'alive_threshold must be in [0, 1]: a channel is alive when its mask '
@@ -89,25 +96,18 @@ class LogisticSigmoidRegularizer(generic_regularizers.NetworkRegularizer,
     op_handler_dict[ls_handler.LEGACY_GATING_OP_TYPE] = source_op_handler
     op_handler_dict['Identity'] = ls_handler.GatingOpDispatcher(
         source_op_handler, fallback_handler=op_handler_dict['Identity'])
-    self._manager = orm.OpRegularizerManager(
+    self._build(
         output_boundary,
         op_handler_dict,
+        None,
         create_grouping_regularizer=pgr.ProbabilisticGroupingRegularizer,
         force_group=force_group,
         regularizer_blacklist=regularizer_blacklist,
-        input_boundary=input_boundary)
+        input_boundary=input_boundary,
+        extra_op_handlers=extra_op_handlers,
+        unknown_op_policy=unknown_op_policy)
     self._calculator = self.get_calculator()
 
   @abc.abstractmethod
   def get_calculator(self):
-    """Returns the `CostCalculator` over `self._manager` for the target resource."""
-
-  def get_regularization_term(self, ops=None):
-    return self._calculator.get_regularization_term(ops)
-
-  def get_cost(self, ops=None):
-    return self._calculator.get_cost(ops)
-
-  @property
-  def op_regularizer_manager(self):
-    return self._manager
+    """Returns the cost calculator over `self._manager` for the target resource."""

@@ -1,0 +1,762 @@
+"""Cost and regularization term of a whole network in a handful of TF ops.
+
+`CostCalculator` builds the cost one small TF op at a time for every (op,
+channel slice) pair: on DenseNet201 that is ~27,000 nodes, seconds of Python
+and graph optimisation, and ~0.5 us per node at every call.
+`CompiledCostCalculator` gives the same numbers (float tolerance) from index
+arrays computed once, at the first evaluation:
+
+  * sources: the vectors of the source regularizers (batch-norm gammas read
+    once per variable, or any other regularizer read through its properties)
+    are concatenated into one channel vector;
+  * groups: grouping regularizers (max / L2 / probabilistic) become one
+    segment reduction per kind over gathered source channels;
+  * op sides: the input and output channels of every costed op map to the
+    regularizers of their channel slices; alive counts and regularization
+    sums are segment sums over them (static channel counts where there is no
+    regularizer);
+  * ops: the resource function is *probed* at analysis time with numbers,
+    which gives, per op, the coefficients of the monomials
+    `1, A_in, A_out, A_in*A_out, R_in, R_out, A_in*R_out, A_out*R_in` of its
+    cost and of its term. The probe is checked at two other points; a
+    resource function that is the maximum of such forms (latency: a roofline
+    of compute and memory) is compiled from its components (`components`),
+    checked the same way.
+
+Evaluation is then: read the sources, a few gathers and segment sums, one
+weighted sum; the number of nodes does not grow with the number of channel
+slices. `get_cost(ops)` with a subset of ops compiles that subset (weighted
+by how often each op is listed; the last few subsets are kept), so that only
+the regularizers of those ops are read, as in the per-op path. Ops that cannot be compiled -- a shape not
+known statically (the coefficient is read from the dynamic shape), a resource
+function that is not of the form above -- fall back to the per-op path of
+`CostCalculator`, with a warning naming them, and are added in the same
+context. The per-op API (`CostCalculator`, `manager.get_regularizer`, the
+resource functions) is unchanged.
+
+Evaluation is lazy like the regularizers: a `tf.compat.v1` graph gets its own
+tensors (cached per graph for the whole network), an eager call runs one
+`tf.function` per kind (cost / term) whose op mask is an argument, and inside
+a `tf.function` or a distribution-strategy replica the ops are built inline.
+"""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from morph_net.framework import concat_and_slice_regularizers
+from morph_net.framework import constant_op_regularizer
+from morph_net.framework import grouping_regularizers
+from morph_net.framework import lazy_evaluation
+from morph_net.framework import op_regularizer_manager as orm
+from morph_net.framework import probabilistic_grouping_regularizer as pgr
+from morph_net.network_regularizers import cost_calculator
+from morph_net.op_regularizers import gamma_l1_regularizer
+
+# Probe points (A_in, A_out, R_in, R_out) from which the 8 monomial
+# coefficients follow by differences, and two points where they are checked.
+_PROBES = ((0., 0., 0., 0.), (1., 0., 0., 0.), (0., 1., 0., 0.),
+           (1., 1., 0., 0.), (0., 0., 1., 0.), (0., 0., 0., 1.),
+           (1., 0., 0., 1.), (0., 1., 1., 0.))
+_CHECKS = ((3., 5., 0.75, 1.875), (7., 2., 2.5, 0.3125))
+_NUM_MONOMIALS = 8
+_RELATIVE_TOLERANCE = 1e-9
+# Compiled programs kept per calculator (one per distinct `ops` argument).
+_MAX_PROGRAMS = 16
+
+
+def _monomials(a_in, a_out, r_in, r_out):
+  return (1.0, a_in, a_out, a_in * a_out, r_in, r_out, a_in * r_out,
+          a_out * r_in)
+
+
+def _is_number(value) -> bool:
+  # Not `tf.is_tensor`: its protocol check costs ~50 us per call.
+  return isinstance(value, (int, float, np.number)) and not isinstance(
+      value, (bool, np.bool_))
+
+
+def _close(predicted: float, actual: float, scale: float) -> bool:
+  return abs(predicted - actual) <= _RELATIVE_TOLERANCE * max(
+      1.0, abs(actual), scale)
+
+
+def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
+                 is_regularization: bool) -> Optional[List[float]]:
+  """The 8 monomial coefficients of `fn(op, is_regularization, ...)`, or None.
+
+  Args:
+    fn: A resource function `(op, is_regularization, A_in, A_out, R_in,
+      R_out)`.
+    op: The op.
+    is_regularization: Fit the term (True) or the cost (False).
+
+  Returns:
+    The coefficients (floats) of `1, A_in, A_out, A_in*A_out,
+    R_in, R_out, A_in*R_out, A_out*R_in`, or None if `fn` does not return
+    numbers for `op` (e.g. a dynamic shape) or is not of that form.
+  """
+  probes = _PROBES if is_regularization else _PROBES[:4]
+  values = []
+  for point in probes:
+    value = fn(op, is_regularization, *point)
+    if not _is_number(value):
+      return None
+    values.append(float(value))
+  v = values
+  t = [0.0] * _NUM_MONOMIALS
+  t[0] = v[0]
+  t[1] = v[1] - v[0]
+  t[2] = v[2] - v[0]
+  t[3] = v[3] - v[1] - v[2] + v[0]
+  if is_regularization:
+    t[4] = v[4] - v[0]
+    t[5] = v[5] - v[0]
+    t[6] = v[6] - v[0] - t[1] - t[5]
+    t[7] = v[7] - v[0] - t[2] - t[4]
+  for point in _CHECKS:
+    actual = fn(op, is_regularization, *point)
+    if not _is_number(actual):
+      return None
+    terms = [c * m for c, m in zip(t, _monomials(*point))]
+    if not _close(sum(terms), float(actual), sum(abs(x) for x in terms)):
+      return None
+  return t
+
+
+def _evaluate_form(coefficients, point) -> float:
+  return sum(c * m for c, m in zip(coefficients, _monomials(*point)))
+
+
+class _OpCoefficients:
+  """Per compiled op: cost and term coefficients of every component."""
+
+  def __init__(self, cost: List[List[float]], term: List[List[float]]):
+    self.cost = cost
+    self.term = term
+
+
+def compile_op(resource_function, components, op) -> Optional[_OpCoefficients]:
+  """Fits the coefficients of `op`, checked against `resource_function`.
+
+  With `components` (a list of resource functions), `resource_function` must
+  equal the maximum of their costs, and its term the term of the first
+  component of largest cost (the latency roofline).
+  """
+  functions = list(components) if components else [resource_function]
+  cost = []
+  term = []
+  for fn in functions:
+    cost_coefficients = fit_bilinear(fn, op, False)
+    term_coefficients = fit_bilinear(fn, op, True)
+    if cost_coefficients is None or term_coefficients is None:
+      return None
+    cost.append(cost_coefficients)
+    term.append(term_coefficients)
+  if components:
+    for point in _CHECKS:
+      costs = [_evaluate_form(c, point) for c in cost]
+      terms = [_evaluate_form(t, point) for t in term]
+      best = 0
+      for index in range(1, len(costs)):
+        if costs[index] > costs[best]:
+          best = index
+      for is_regularization, predicted in ((False, costs[best]),
+                                           (True, terms[best])):
+        actual = resource_function(op, is_regularization, *point)
+        if not _is_number(actual) or not _close(predicted, float(actual),
+                                                abs(predicted)):
+          return None
+  return _OpCoefficients(cost, term)
+
+
+class _Leaf:
+  """A source regularizer: a run of channels in the source vector."""
+
+  def __init__(self, regularizer, size: int, offset: int):
+    self.regularizer = regularizer
+    self.size = size
+    self.offset = offset
+
+
+class _Program:
+  """Index arrays of one network; builds the cost or term in any context."""
+
+  def __init__(self, calculator: 'CompiledCostCalculator',
+               op_counts: Sequence[Tuple[tf.Operation, int]]):
+    """Compiles the weighted sum over `op_counts` ((supported op, count))."""
+    manager = calculator._manager  # pylint: disable=protected-access
+    self._calculator = calculator
+    # --- Ops and their sides. ---
+    self.fallback_ops: List[tf.Operation] = []
+    fallback_weights = []
+    compiled_ops = []
+    weights = []
+    coefficients = []
+    with tf.Graph().as_default():  # Probes must not add ops to user graphs.
+      for op, count in op_counts:
+        try:
+          fitted = compile_op(calculator._resource_function,  # pylint: disable=protected-access
+                              calculator._components, op)  # pylint: disable=protected-access
+        except Exception as e:  # pylint: disable=broad-except
+          logging.info('Op %s not compiled: %s', op.name, e)
+          fitted = None
+        if fitted is None:
+          self.fallback_ops.append(op)
+          fallback_weights.append(float(count))
+        else:
+          compiled_ops.append(op)
+          weights.append(float(count))
+          coefficients.append(fitted)
+    self._weights = np.array(weights, np.float64)
+    self._fallback_weights = fallback_weights
+    if self.fallback_ops:
+      logging.warning(
+          'MorphNet cost compiler: %d op(s) are costed op by op (slower), '
+          'because their resource function does not reduce to static '
+          'coefficients (e.g. a shape not known statically): %s',
+          len(self.fallback_ops),
+          ', '.join(f'{op.name} ({op.type})' for op in self.fallback_ops[:10])
+          + (' ...' if len(self.fallback_ops) > 10 else ''))
+    self.num_ops = len(compiled_ops)
+    self.num_components = len(coefficients[0].cost) if coefficients else 0
+
+    # --- Regularizer slots, sources and groups. ---
+    self._leaves: List[_Leaf] = []
+    self._leaf_of: Dict[int, int] = {}
+    self._num_source_channels = 0
+    # Group blocks: kind -> list of (regularizer, size, [member leaves]).
+    self._groups: Dict[str, List[Tuple[Any, int, List[_Leaf]]]] = {
+        'max': [], 'prob': [], 'l2': []}
+    self._group_of: Dict[int, Tuple[str, int]] = {}
+    self._slots: List[Tuple[str, int]] = []  # ('leaf', leaf idx) / (kind, idx)
+    self._slot_of: Dict[int, int] = {}
+    self._keep_alive = []  # Regularizers indexed by id().
+
+    side_of: Dict[Tuple, int] = {}
+    self._side_const: List[float] = []
+    self._side_slots: List[List[int]] = []
+    in_sides = []
+    out_sides = []
+    for op in compiled_ops:
+      if op.type == 'ConcatV2':
+        input_tensor = op.outputs[0]
+      else:
+        input_tensor = cost_calculator.get_input_activation(op)
+      for tensor, sides in ((input_tensor, in_sides),
+                            (op.outputs[0], out_sides)):
+        key = self._side_key(manager, tensor)
+        if key not in side_of:
+          side_of[key] = len(self._side_const)
+          const, slots = key[0], list(key[1])
+          self._side_const.append(const)
+          self._side_slots.append(slots)
+        sides.append(side_of[key])
+    self.num_sides = len(self._side_const)
+    self._in_sides = np.array(in_sides, np.int32)
+    self._out_sides = np.array(out_sides, np.int32)
+
+    # --- Coefficient arrays: [component][monomial] -> float64[num_ops]. ---
+    self._cost_coefficients = self._stack(coefficients, 'cost')
+    self._term_coefficients = self._stack(coefficients, 'term')
+
+    # --- Channel layout. ---
+    self._build_layout()
+    self._side_cache = lazy_evaluation.PerGraphCache()
+
+  # Analysis helpers.
+
+  def _stack(self, coefficients, kind):
+    stacked = []
+    for component in range(self.num_components):
+      matrix = np.array([getattr(c, kind)[component] for c in coefficients],
+                        np.float64).reshape(self.num_ops, _NUM_MONOMIALS)
+      stacked.append([matrix[:, m] if np.any(matrix[:, m]) else None
+                      for m in range(_NUM_MONOMIALS)])
+    return stacked
+
+  def _side_key(self, manager, tensor: tf.Tensor) -> Tuple:
+    """(constant alive channels, tuple of slots) of the channels of `tensor`."""
+    slice_regularizers = _slice_regularizers(manager, tensor.op)
+    if slice_regularizers is None:
+      return (cost_calculator.static_channel_count(tensor), ())
+    const = 0.0
+    slots = []
+    for size, regularizer in slice_regularizers:
+      if regularizer is None or type(regularizer) is (  # pylint: disable=unidiomatic-typecheck
+          constant_op_regularizer.ConstantOpRegularizer):
+        const += size
+      else:
+        slots.append(self._slot(regularizer, size))
+    return (const, tuple(slots))
+
+  def _slot(self, regularizer, size: int) -> int:
+    key = id(regularizer)
+    if key in self._slot_of:
+      return self._slot_of[key]
+    self._keep_alive.append(regularizer)
+    members = _group_members(regularizer)
+    if members is None:
+      slot = ('leaf', self._leaf(regularizer, size))
+    else:
+      kind, member_regularizers = members
+      leaves = [self._leaves[self._leaf(m, size)] for m in member_regularizers]
+      self._groups[kind].append((regularizer, size, leaves))
+      slot = (kind, len(self._groups[kind]) - 1)
+    self._slot_of[key] = len(self._slots)
+    self._slots.append(slot)
+    return self._slot_of[key]
+
+  def _leaf(self, regularizer, size: int) -> int:
+    key = id(regularizer)
+    if key not in self._leaf_of:
+      self._keep_alive.append(regularizer)
+      self._leaf_of[key] = len(self._leaves)
+      self._leaves.append(_Leaf(regularizer, size, self._num_source_channels))
+      self._num_source_channels += size
+    return self._leaf_of[key]
+
+  def _build_layout(self):
+    """Index arrays from sources to groups, slots and sides."""
+    # Fast gamma sources: (source object, begin, size, threshold) per leaf.
+    self._gamma_leaves = []
+    self._generic_leaves = []
+    for leaf in self._leaves:
+      spec = _gamma_source(leaf.regularizer, leaf.size)
+      if spec is None:
+        self._generic_leaves.append(leaf)
+      else:
+        self._gamma_leaves.append((leaf, spec))
+    # Source channel order: gamma leaves, then generic leaves; map each
+    # leaf's offset to its position in that order.
+    position = {}
+    cursor = 0
+    for leaf, _ in self._gamma_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+    for leaf in self._generic_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+    self._leaf_position = position
+    # Gamma gather: unique sources, read once each.
+    self._gamma_sources = []
+    source_offset = {}
+    total_length = 0
+    gather = []
+    thresholds = []
+    for _, (source, begin, size, threshold) in self._gamma_leaves:
+      key = id(source)
+      if key not in source_offset:
+        source_offset[key] = total_length
+        total_length += int(lazy_evaluation.static_shape(source)[0])
+        self._gamma_sources.append(source)
+      start = source_offset[key] + begin
+      gather.extend(range(start, start + size))
+      thresholds.extend([threshold] * size)
+    self._gamma_gather = np.array(gather, np.int32)
+    self._gamma_identity = bool(
+        len(gather) == total_length
+        and np.array_equal(self._gamma_gather, np.arange(len(gather))))
+    self._gamma_thresholds = np.array(thresholds, np.float32)
+    self._gamma_uniform_threshold = (
+        float(thresholds[0]) if thresholds and len(set(thresholds)) == 1
+        else None)
+    # Group blocks come after the sources in the channel space G.
+    num_sources = cursor
+    block_offset = {}
+    offset = num_sources
+    self._group_arrays = {}
+    for kind in ('max', 'prob', 'l2'):
+      block_offset[kind] = offset
+      gather_index = []
+      segment = []
+      thresholds = []
+      channel = 0
+      for _, size, leaves in self._groups[kind]:
+        for leaf in leaves:
+          start = position[id(leaf)]
+          gather_index.extend(range(start, start + size))
+          segment.extend(range(channel, channel + size))
+        channel += size
+      if kind == 'l2':
+        for regularizer, size, _ in self._groups[kind]:
+          thresholds.extend([float(regularizer._threshold)] * size)  # pylint: disable=protected-access
+      self._group_arrays[kind] = (np.array(gather_index, np.int32),
+                                  np.array(segment, np.int32), channel,
+                                  np.array(thresholds, np.float32))
+      offset += channel
+    num_channels = offset
+    # Slot of every channel of G (num_slots for channels of no slot).
+    num_slots = len(self._slots)
+    channel_slot = np.full([num_channels], num_slots, np.int32)
+    group_offsets = {kind: [] for kind in self._groups}
+    for kind in self._groups:
+      cursor = block_offset[kind]
+      for _, size, _ in self._groups[kind]:
+        group_offsets[kind].append(cursor)
+        cursor += size
+    for slot_index, (kind, index) in enumerate(self._slots):
+      if kind == 'leaf':
+        leaf = self._leaves[index]
+        start, size = position[id(leaf)], leaf.size
+      else:
+        start = group_offsets[kind][index]
+        size = self._groups[kind][index][1]
+      channel_slot[start:start + size] = slot_index
+    self._channel_slot = channel_slot
+    self.num_slots = num_slots
+    self.num_channels = num_channels
+    # Sides: gather slots, segment-sum into sides.
+    side_gather = []
+    side_segment = []
+    for side, slots in enumerate(self._side_slots):
+      side_gather.extend(slots)
+      side_segment.extend([side] * len(slots))
+    self._side_gather = np.array(side_gather, np.int32)
+    self._side_segment = np.array(side_segment, np.int32)
+    self._side_const_array = np.array(self._side_const, np.float64)
+
+  # Evaluation.
+
+  def _source_vectors(self):
+    """(regularization, alive) float32 vectors of the source channels."""
+    regs = []
+    alives = []
+    if self._gamma_leaves:
+      values = [lazy_evaluation.materialize(s) for s in self._gamma_sources]
+      gammas = values[0] if len(values) == 1 else tf.concat(values, 0)
+      if not self._gamma_identity:
+        gammas = tf.gather(gammas, self._gamma_gather)
+      reg = tf.abs(gammas)
+      threshold = (self._gamma_uniform_threshold
+                   if self._gamma_uniform_threshold is not None
+                   else self._gamma_thresholds)
+      regs.append(reg)
+      alives.append(tf.cast(reg > threshold, tf.float32))
+    for leaf in self._generic_leaves:
+      reg = tf.cast(leaf.regularizer.regularization_vector, tf.float32)
+      alive = tf.cast(leaf.regularizer.alive_vector, tf.float32)
+      _check_length(leaf, reg)
+      regs.append(tf.reshape(reg, [-1]))
+      alives.append(tf.reshape(alive, [-1]))
+    return regs, alives
+
+  def _channel_vectors(self):
+    regs, alives = self._source_vectors()
+    source_reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
+    source_alive = alives[0] if len(alives) == 1 else tf.concat(alives, 0)
+    for kind in ('max', 'prob', 'l2'):
+      gather_index, segment, count, thresholds = self._group_arrays[kind]
+      if not count:
+        continue
+      member_reg = tf.gather(source_reg, gather_index)
+      if kind == 'max':
+        reg = tf.math.unsorted_segment_max(member_reg, segment, count)
+      elif kind == 'prob':
+        reg = 1.0 - tf.math.unsorted_segment_prod(1.0 - member_reg, segment,
+                                                  count)
+      else:
+        reg = tf.sqrt(tf.math.unsorted_segment_sum(tf.square(member_reg),
+                                                   segment, count))
+      if kind == 'l2':
+        alive = tf.cast(reg > thresholds, tf.float32)
+      else:
+        alive = tf.math.unsorted_segment_max(
+            tf.gather(source_alive, gather_index), segment, count)
+      regs.append(reg)
+      alives.append(alive)
+    reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
+    alive = alives[0] if len(alives) == 1 else tf.concat(alives, 0)
+    return reg, alive
+
+  def _side_values(self):
+    """(A, R) float64 vectors over sides (shared by cost and term in a graph)."""
+    return self._side_cache.get(self._compute_side_values)
+
+  def _compute_side_values(self):
+    const = tf.constant(self._side_const_array)
+    if not self.num_slots:
+      return const, tf.zeros_like(const)
+    reg, alive = self._channel_vectors()
+    # Sums per slot in float32 (exact for counts; as precise as the per-op
+    # path's reduce_sum for regularization), then float64 for the products.
+    slot_alive = tf.cast(tf.math.unsorted_segment_sum(
+        alive, self._channel_slot, self.num_slots + 1), tf.float64)
+    slot_reg = tf.cast(tf.math.unsorted_segment_sum(
+        reg, self._channel_slot, self.num_slots + 1), tf.float64)
+    if not len(self._side_gather):
+      return const, tf.zeros_like(const)
+    alive_sum = tf.math.unsorted_segment_sum(
+        tf.gather(slot_alive, self._side_gather), self._side_segment,
+        self.num_sides)
+    reg_sum = tf.math.unsorted_segment_sum(
+        tf.gather(slot_reg, self._side_gather), self._side_segment,
+        self.num_sides)
+    return const + alive_sum, reg_sum
+
+  def build(self, is_regularization: bool) -> tf.Tensor:
+    """The weighted cost or term, float32, built in the current context."""
+    with lazy_evaluation.evaluation_scope():
+      total = None
+      if self.num_ops:
+        total = self._compiled_total(is_regularization)
+      for op, weight in zip(self.fallback_ops, self._fallback_weights):
+        value = self._calculator._sum_over_ops_in_scope(  # pylint: disable=protected-access
+            is_regularization, [op])
+        value = weight * tf.cast(value, tf.float64)
+        total = value if total is None else total + value
+      if total is None:
+        return tf.constant(0.0, tf.float32)
+      return tf.cast(total, tf.float32)
+
+  def _compiled_total(self, is_regularization):
+    side_alive, side_reg = self._side_values()
+    if not is_regularization:
+      # Costs propagate non-finite regularization (see CostCalculator).
+      side_alive = side_alive + 0.0 * side_reg
+    a_in = tf.gather(side_alive, self._in_sides)
+    a_out = tf.gather(side_alive, self._out_sides)
+    r_in = tf.gather(side_reg, self._in_sides)
+    r_out = tf.gather(side_reg, self._out_sides)
+    monomials = (None, a_in, a_out, a_in * a_out, r_in, r_out, a_in * r_out,
+                 a_out * r_in)
+    forms = []
+    for kind in (self._cost_coefficients, self._term_coefficients):
+      kind_forms = []
+      for component in kind:
+        value = None
+        for coefficients, monomial in zip(component, monomials):
+          if coefficients is None:
+            continue
+          term = (tf.constant(coefficients) if monomial is None
+                  else tf.constant(coefficients) * monomial)
+          value = term if value is None else value + term
+        if value is None:
+          value = tf.zeros([self.num_ops], tf.float64)
+        kind_forms.append(value)
+      forms.append(kind_forms)
+      if not is_regularization:
+        break
+    costs = forms[0]
+    if is_regularization:
+      terms = forms[1]
+      per_op = terms[0]
+      best_cost = costs[0]
+      for cost, term in zip(costs[1:], terms[1:]):
+        per_op = tf.where(cost > best_cost, term, per_op)
+        best_cost = tf.maximum(best_cost, cost)
+    else:
+      per_op = costs[0]
+      for cost in costs[1:]:
+        per_op = tf.maximum(per_op, cost)
+    if np.all(self._weights == 1.0):
+      return tf.reduce_sum(per_op)
+    return tf.reduce_sum(tf.constant(self._weights) * per_op)
+
+  def describe(self) -> Dict[str, int]:
+    """Sizes of the compiled program (for benchmarks and tests)."""
+    return dict(ops=self.num_ops, fallback_ops=len(self.fallback_ops),
+                sides=self.num_sides, slots=self.num_slots,
+                source_channels=self._num_source_channels,
+                channels=self.num_channels,
+                gamma_sources=len(self._gamma_sources),
+                generic_sources=len(self._generic_leaves))
+
+
+def _check_length(leaf: _Leaf, vector: tf.Tensor) -> None:
+  length = vector.shape[0] if vector.shape.rank == 1 else None
+  if length is not None and length != leaf.size:
+    raise ValueError(
+        'A regularizer has a vector of another length than the channel slice '
+        f'it regularizes. Received: {leaf.regularizer!r} with '
+        f'{length} channels for a slice of {leaf.size}.')
+
+
+def _slice_regularizers(manager, op: tf.Operation):
+  """[(size, regularizer or None)] of `op`'s slices, or None if none is set.
+
+  Reads the manager's slice table directly: `manager.get_regularizer(op)`
+  would build a `ConcatRegularizer` (which reads its members' vectors to
+  check their shapes) for every op with several slices.
+  """
+  table = getattr(manager, '_op_regularizer_dict', None)
+  if isinstance(manager, orm.OpRegularizerManager) and table is not None:
+    op_slices = manager.get_op_slices(op)
+    result = [(op_slice.slice.size, table.get(op_slice))
+              for op_slice in op_slices]
+    if all(regularizer is None for _, regularizer in result):
+      return None
+    return result
+  # Any other manager (e.g. a test double): decompose its regularizer.
+  regularizer = manager.get_regularizer(op)
+  if regularizer is None:
+    return None
+  if type(regularizer) is concat_and_slice_regularizers.ConcatRegularizer:  # pylint: disable=unidiomatic-typecheck
+    members = regularizer.regularizers
+  else:
+    members = [regularizer]
+  return [(_static_length(member), member) for member in members]
+
+
+def _static_length(regularizer) -> int:
+  if type(regularizer) is constant_op_regularizer.ConstantOpRegularizer:  # pylint: disable=unidiomatic-typecheck
+    return regularizer._size  # pylint: disable=protected-access
+  with lazy_evaluation.evaluation_scope():
+    length = regularizer.regularization_vector.shape[0]
+  if length is None:
+    raise ValueError(
+        'The number of channels of a regularizer is not known statically. '
+        f'Received: {regularizer!r}.')
+  return int(length)
+
+
+_GROUP_KINDS = {
+    grouping_regularizers.MaxGroupingRegularizer: 'max',
+    grouping_regularizers.L2GroupingRegularizer: 'l2',
+    pgr.ProbabilisticGroupingRegularizer: 'prob',
+}
+
+
+def _group_members(regularizer):
+  """(kind, member regularizers) for a grouping regularizer of leaves, else None.
+
+  Only the exact built-in grouping classes are compiled (subclasses may
+  combine differently); members that are themselves composite make the
+  group a generic source, read through its properties.
+  """
+  kind = _GROUP_KINDS.get(type(regularizer))
+  if kind is None:
+    return None
+  members = getattr(regularizer, '_regularizers', None)
+  if not members:
+    return None
+  if kind == 'l2' and not _is_number(getattr(regularizer, '_threshold', None)):
+    return None
+  for member in members:
+    if type(member) in _GROUP_KINDS or type(member) is (  # pylint: disable=unidiomatic-typecheck
+        concat_and_slice_regularizers.ConcatRegularizer):
+      return None
+  return kind, list(members)
+
+
+def _gamma_source(regularizer, size: int):
+  """(source, begin, size, threshold) of a plain GammaL1Regularizer, else None."""
+  if type(regularizer) is not gamma_l1_regularizer.GammaL1Regularizer:  # pylint: disable=unidiomatic-typecheck
+    return None
+  threshold = getattr(regularizer, '_gamma_threshold', None)
+  gamma = getattr(regularizer, '_gamma', None)
+  if not _is_number(threshold) or gamma is None:
+    return None
+  begin = 0
+  if isinstance(gamma, lazy_evaluation.LazySlice):
+    if gamma.axis != 0:
+      return None
+    begin = gamma.begin
+    gamma = gamma.source
+  try:
+    shape = lazy_evaluation.static_shape(gamma)
+    dtype = tf.as_dtype(gamma.dtype)
+  except (AttributeError, TypeError, ValueError):
+    return None
+  if (shape.rank != 1 or shape[0] is None or dtype != tf.float32
+      or begin + size > shape[0]):
+    return None
+  if isinstance(gamma, lazy_evaluation.LazySlice) or callable(gamma) and not (
+      lazy_evaluation._is_variable(gamma)):  # pylint: disable=protected-access
+    return None
+  return gamma, begin, size, float(threshold)
+
+
+class CompiledCostCalculator(cost_calculator.CostCalculator):
+  """A `CostCalculator` that evaluates the whole network in a few TF ops.
+
+  Same arguments and results as `CostCalculator` (whose per-op path it keeps
+  for ops that cannot be compiled), plus:
+
+  Args:
+    op_regularizer_manager: The `OpRegularizerManager` of the network.
+    resource_function: The resource function, e.g.
+      `resource_function.flop_function`.
+    components: Optional resource functions whose maximum is
+      `resource_function` (e.g. compute and memory time for latency); each
+      must be of the compiled form. The term is that of the component of
+      largest cost (the first one on ties).
+  """
+
+  def __init__(self, op_regularizer_manager,
+               resource_function: Callable[..., Any], *,
+               components: Optional[Sequence[Callable[..., Any]]] = None):
+    super().__init__(op_regularizer_manager, resource_function)
+    self._components = list(components) if components else None
+    # Compiled programs by op multiset (None: the default ops), most recent
+    # last; at most _MAX_PROGRAMS are kept.
+    self._programs = collections.OrderedDict()
+
+  @property
+  def program(self) -> '_Program':
+    """The compiled program of the default ops (built at the first use)."""
+    return self._program_for(None)[0]
+
+  def _program_for(self, ops):
+    """(program, any supported op) for `ops` (None or empty: default ops)."""
+    if not ops:
+      key = None
+    else:
+      counts = collections.Counter(
+          op for op in ops if op.type in cost_calculator.SUPPORTED_OPS)
+      key = frozenset(counts.items())
+    entry = self._programs.get(key)
+    if entry is None:
+      if key is None:
+        op_counts = [(op, 1) for op in sorted(
+            (op for op in self._default_ops()
+             if op.type in cost_calculator.SUPPORTED_OPS),
+            key=lambda op: op.name)]
+      else:
+        op_counts = sorted(counts.items(), key=lambda item: item[0].name)
+      program = _Program(self, op_counts) if op_counts else None
+      entry = [program, {}, {}]  # program, eager functions, graph cache.
+      self._programs[key] = entry
+      while len(self._programs) > _MAX_PROGRAMS:
+        self._programs.popitem(last=False)
+    else:
+      self._programs.move_to_end(key)
+    return entry
+
+  def _get_cost_or_regularization_term(self, is_regularization, ops):
+    program, eager_functions, graph_cache = self._program_for(ops)
+    if program is None:
+      logging.warning('No supported ops found.')
+      return 0.0
+    if tf.executing_eagerly():
+      function = eager_functions.get(is_regularization)
+      if function is None:
+        function = tf.function(lambda: program.build(is_regularization),
+                               autograph=False)
+        eager_functions[is_regularization] = function
+      return function()
+    graph = tf.compat.v1.get_default_graph()
+    if getattr(graph, 'building_function', False):
+      return program.build(is_regularization)
+    # A plain tf.compat.v1 graph: one tensor per graph, as the vectors.
+    cached = graph_cache.get(is_regularization)
+    if cached is not None and cached[0]() is graph:
+      return cached[1]
+    value = program.build(is_regularization)
+    graph_cache[is_regularization] = (weakref.ref(graph), value)
+    return value
+
+
+def compiled_op_counts(calculator: CompiledCostCalculator) -> Dict[str, int]:
+  """Sizes of `calculator`'s compiled program (ops, sides, slots, channels)."""
+  return calculator.program.describe()
+
+
+__all__ = ['CompiledCostCalculator', 'fit_bilinear', 'compile_op',
+           'compiled_op_counts']
