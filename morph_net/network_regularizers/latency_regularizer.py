@@ -2,7 +2,9 @@
 
 Every op is costed as compute bound (FLOPs / peak compute) or memory bound
 (bytes / memory bandwidth), whichever is slower, with the table values of the
-named hardware (`resource_function.PEAK_COMPUTE`, `MEMORY_BANDWIDTH`); the
+named hardware (`resource_function.PEAK_COMPUTE`, `MEMORY_BANDWIDTH`) or of
+a user's own `hardware.Hardware` (registered, loaded from JSON, or measured
+by `morphnet calibrate`, with optional per-op-type compute efficiencies); the
 unit is nanoseconds. Unlike FLOPs, latency also counts the memory traffic of
 batch norms, activations, additions and concatenations.
 """
@@ -17,6 +19,7 @@ from morph_net.framework import generic_regularizers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import hardware as hardware_lib
 from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
@@ -27,7 +30,9 @@ class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
     gamma_threshold: A channel is alive iff `|gamma| > gamma_threshold`.
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     regularizer_decorator: An `OpRegularizer` class applied to every
       regularizer created. None means no decoration.
@@ -46,7 +51,7 @@ class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
       self,
       output_boundary: Sequence[tf.Operation],
       gamma_threshold: float,
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       regularizer_decorator: Optional[Callable[..., Any]] = None,
       decorator_parameters: Optional[Mapping[str, Any]] = None,
@@ -56,7 +61,7 @@ class GammaLatencyRegularizer(generic_regularizers.NetworkRegularizer):
     flop_regularizer._check_threshold('gamma_threshold', gamma_threshold)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
+    self._hardware = latency_function.hardware.name
     self._manager = orm.OpRegularizerManager(
         output_boundary,
         flop_regularizer._gamma_op_handler_dict(
@@ -95,7 +100,9 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
     threshold: A channel is alive iff its group-lasso norm is `> threshold`.
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     l1_fraction: Weight of the L1 term of the norm, in [0, 1]. Defaults to 0.
     regularizer_decorator: An `OpRegularizer` class applied to every
@@ -115,7 +122,7 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
       self,
       output_boundary: Sequence[tf.Operation],
       threshold: float,
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       l1_fraction: float = 0,
       regularizer_decorator: Optional[Callable[..., Any]] = None,
@@ -127,7 +134,7 @@ class GroupLassoLatencyRegularizer(generic_regularizers.NetworkRegularizer):
     flop_regularizer._check_l1_fraction(l1_fraction)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
+    self._hardware = latency_function.hardware.name
     self._manager = orm.OpRegularizerManager(
         output_boundary,
         flop_regularizer._group_lasso_op_handler_dict(
@@ -164,7 +171,9 @@ class LogisticSigmoidLatencyRegularizer(
 
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     regularize_on_mask: Regularize the gates' masks (True) or their keep
       probabilities sigmoid(logits) (False).
@@ -188,7 +197,7 @@ class LogisticSigmoidLatencyRegularizer(
   def __init__(
       self,
       output_boundary: Sequence[tf.Operation],
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       regularize_on_mask: bool = True,
       alive_threshold: float = 0.1,
@@ -201,7 +210,7 @@ class LogisticSigmoidLatencyRegularizer(
     # Checked before the (slower) graph analysis.
     self._latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
+    self._hardware = self._latency_function.hardware.name
     super().__init__(
         output_boundary,
         regularize_on_mask=regularize_on_mask,
