@@ -112,9 +112,23 @@ FAMILIES = {
 }
 
 
-def random_widths(seed_widths: Dict[str, int], rng, low: float = 0.15) -> Dict[str, int]:
-  """Each layer keeps a uniform random fraction in [low, 1] of its seed width."""
-  return {k: max(1, int(round(w * rng.uniform(low, 1.0)))) for k, w in seed_widths.items()}
+# How sub-network widths are drawn: (per-network scale range, per-layer factor range).
+WIDTH_MODES = {
+    # Seed width x a per-network scale x a per-layer factor: the scale spreads
+    # the sub-networks' costs beyond the timing noise of a shared machine.
+    'scaled': ((0.3, 1.0), (0.4, 1.0)),
+    # Independent per-layer factors only, as in the MorphNet authors' study:
+    # totals are closer together, shapes differ more.
+    'per_layer': ((1.0, 1.0), (0.15, 1.0)),
+}
+
+
+def random_widths(seed_widths: Dict[str, int], rng, mode: str = 'scaled') -> Dict[str, int]:
+  """Random widths: seed width x a per-network scale x a per-layer factor (WIDTH_MODES)."""
+  scale, per_layer = WIDTH_MODES[mode]
+  s = rng.uniform(*scale)
+  return {k: max(1, int(round(w * s * rng.uniform(*per_layer))))
+          for k, w in seed_widths.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -167,11 +181,14 @@ def predicted_costs(terms: List[Dict], calibrated, datasheet_names: Sequence[str
   return out
 
 
-def measure(models: List, rounds: int, warmup: int, device: str, seed: int) -> np.ndarray:
+def measure(models: List, rounds: int, warmup: int, device: str, seed: int,
+            small_batch_calls: int = 5) -> np.ndarray:
   """Median seconds per inference, shape [len(models), len(BATCH_SIZES)].
 
   Every round times each (model, batch) once, in a fresh random order, so that
-  load from other processes on a shared machine spreads over all of them.
+  load from other processes on a shared machine spreads over all of them. A
+  batch-1 sample is the median of `small_batch_calls` consecutive calls (they
+  last milliseconds, so one preemption would otherwise dominate a sample).
   """
   rng = np.random.default_rng(seed)
   calls = []
@@ -181,16 +198,20 @@ def measure(models: List, rounds: int, warmup: int, device: str, seed: int) -> n
       for b in BATCH_SIZES:
         x = tf.constant(rng.standard_normal((b,) + tuple(model.input_shape[1:])),
                         tf.float32)
-        calls.append(lambda fn=fn, x=x: fn(x)[0, 0].numpy())
-    for call in calls:
+        calls.append((b, lambda fn=fn, x=x: fn(x)[0, 0].numpy()))
+    for _, call in calls:
       for _ in range(warmup):
         call()
     samples = [[] for _ in calls]
     for _ in range(rounds):
       for i in rng.permutation(len(calls)):
-        tic = time.perf_counter()
-        calls[i]()
-        samples[i].append(time.perf_counter() - tic)
+        b, call = calls[i]
+        times = []
+        for _ in range(small_batch_calls if b == 1 else 1):
+          tic = time.perf_counter()
+          call()
+          times.append(time.perf_counter() - tic)
+        samples[i].append(statistics.median(times))
   return np.array([statistics.median(s) for s in samples]).reshape(
       len(models), len(BATCH_SIZES))
 
@@ -229,6 +250,7 @@ def plot(family: str, predictors: Dict[str, np.ndarray], measured: np.ndarray,
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   names = list(predictors)
   fig, axes = plt.subplots(len(BATCH_SIZES), len(names),
                            figsize=(4 * len(names), 3.6 * len(BATCH_SIZES)), squeeze=False)
@@ -243,11 +265,13 @@ def plot(family: str, predictors: Dict[str, np.ndarray], measured: np.ndarray,
       ax.plot([lo, hi], [lo, hi], 'k:', lw=0.8, label='measured = predicted')
       ax.set_xscale('log')
       ax.set_yscale('log')
+      for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
       ax.set_title(f'{name}, batch {b}\nSpearman {s["spearman"]:.3f}, '
                    f'rel. err. {s["median_rel_error"]:.2f}', fontsize=9)
       ax.set_xlabel('predicted ms')
       ax.set_ylabel('measured ms')
-  fig.suptitle(f'{family}: predicted vs measured inference latency')
+  fig.suptitle(f'{family} ({stats["widths"]} widths): predicted vs measured inference latency')
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -261,7 +285,7 @@ def run_family(family: str, args, calibrated, device: str) -> Dict:
   models, widths, costs = [], [], []
   tic = time.perf_counter()
   for i in range(args.num_models):
-    w = seed_widths if i == 0 else random_widths(seed_widths, rng)
+    w = seed_widths if i == 0 else random_widths(seed_widths, rng, args.widths)
     model = builder(w)
     models.append(model)
     widths.append(w)
@@ -289,7 +313,7 @@ def run_family(family: str, args, calibrated, device: str) -> Dict:
       'roofline calibrated': np.array(
           [[c[f'calibrated_b{b}'] for b in BATCH_SIZES] for c in costs]) * 1e-9,
   }
-  stats = {}
+  stats = {'widths': args.widths}
   for col, b in enumerate(BATCH_SIZES):
     stats[f'b{b}'] = {
         name: dict(spearman=spearman(p[:, col], measured[:, col]),
@@ -299,7 +323,7 @@ def run_family(family: str, args, calibrated, device: str) -> Dict:
         name: spearman([c[f'{name}_b{b}'] for c in costs], measured[:, col])
         for name in datasheet_names}
   os.makedirs(RESULTS_DIR, exist_ok=True)
-  png = os.path.join(RESULTS_DIR, f'latency_check_{family}.png')
+  png = os.path.join(RESULTS_DIR, f'latency_check_{family}_{args.widths}.png')
   plot(family, predictors, measured, stats, png)
   return {'family': family, 'num_models': args.num_models, 'widths': widths,
           'costs': costs, 'measured_s': measured.tolist(), 'stats': stats, 'plot': png,
@@ -310,10 +334,12 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num-models', type=int, default=16,
                       help='sub-networks per family, the seed included. Default: 16')
-  parser.add_argument('--rounds', type=int, default=9,
-                      help='timed rounds per (model, batch); medians kept. Default: 9')
-  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=7,
+                      help='timed rounds per (model, batch); medians kept. Default: 7')
+  parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--widths', choices=list(WIDTH_MODES), default='scaled',
+                      help='how sub-network widths are drawn (WIDTH_MODES). Default: scaled')
   parser.add_argument('--device', choices=('auto', 'cpu', 'gpu'), default='auto')
   parser.add_argument('--threads', type=int, default=1,
                       help='TensorFlow intra- and inter-op threads (0: TensorFlow\'s '
@@ -340,7 +366,7 @@ def main(argv=None) -> int:
     calibrated = result.hardware
     os.makedirs(RESULTS_DIR, exist_ok=True)
     hardware.save(calibrated, os.path.join(RESULTS_DIR, f'latency_check_hardware_{kind}.json'))
-  results = {'device': device, 'threads': args.threads, 'rounds': args.rounds,
+  results = {'widths': args.widths, 'width_modes': WIDTH_MODES, 'device': device, 'threads': args.threads, 'rounds': args.rounds,
              'warmup': args.warmup, 'batch_sizes': list(BATCH_SIZES),
              'calibrated': calibrated.to_dict(), 'families': {}}
   for family in args.families:
@@ -361,11 +387,11 @@ def main(argv=None) -> int:
       if not args.no_readme:
         results_table.record(
             SECTION,
-            ['family', 'device, threads', 'batch', 'N', 'measured ms',
+            ['family', 'widths', 'device, threads', 'batch', 'N', 'measured ms',
              'Spearman FLOPs / V100 / calibrated',
              'median rel. err. FLOPs / V100 / calibrated',
              'rel. err. after best scale FLOPs / V100 / calibrated'],
-            [family, f'{kind}, {args.threads or "auto"}', b, args.num_models,
+            [family, args.widths, f'{kind}, {args.threads or "auto"}', b, args.num_models,
              f'{measured[:, col].min() * 1e3:.2f}..{measured[:, col].max() * 1e3:.2f}',
              ' / '.join(f'{s[n]["spearman"]:.3f}' for n in
                         ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated')),
@@ -375,7 +401,7 @@ def main(argv=None) -> int:
                         ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated'))],
             keep=12)
   results['seconds'] = time.perf_counter() - start
-  path = os.path.join(RESULTS_DIR, f'latency_check_{kind}.json')
+  path = os.path.join(RESULTS_DIR, f'latency_check_{kind}_{args.widths}.json')
   from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
   structure_exporter.write_file_atomically(path, json.dumps(results, indent=1) + '\n')
   print(f'\nwrote {os.path.relpath(path)} ({results["seconds"]:.0f} s in all)')
