@@ -56,3 +56,17 @@ def test_bad_arguments(tmp_path, capsys):
     cli_main.main(['report', '--hardware', str(tmp_path / 'missing.json')])
   err = capsys.readouterr().err
   assert '--hardware must be one of' in err and 'missing.json' in err
+
+
+def test_learn_and_apply_take_a_hardware_file(tmp_path):
+  from morph_net.cli import common  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'filed.json')
+  hardware.save(hardware.Hardware('filed', 10, 1), path)
+  cls, kwargs = common.regularizer_arguments('gamma', 'latency', 0.1, path)
+  assert cls.__name__ == 'GammaLatencyRegularizer'
+  assert kwargs == {'gamma_threshold': 0.1, 'hardware': hardware.Hardware('filed', 10, 1)}
+  bad = tmp_path / 'bad.json'
+  bad.write_text('{"name": "x", "peak_compute": 0, "memory_bandwidth": 1}')
+  with pytest.raises(common.CliError, match=r'--hardware must be one of .*Received: .*bad\.json'
+                     r'.*peak_compute must be a finite number > 0'):
+    common.regularizer_arguments('gamma', 'latency', 0.1, str(bad))
