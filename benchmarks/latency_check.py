@@ -10,7 +10,10 @@ warm-up, interleaved rounds, medians), and compares three predictors:
       datasheet entries are in the JSON results),
   (c) the roofline latency cost with this machine's calibrated description
       (`hardware_calibration.calibrate`, run first in this process with the
-      same thread settings, or loaded with --hardware-file).
+      same thread settings, or loaded with --hardware-file);
+  (d) a sensitivity check, not a product figure: (c) with its memory bandwidth
+      replaced by the calibrated broadcast-multiply rate (the kernel of Keras 3
+      batch norms), recorded by the calibration but not used by default.
 
 For each it reports Spearman's rank correlation with the measured latency, the
 median relative error |pred - measured| / measured, and the same error after
@@ -170,12 +173,25 @@ def latency_ns(terms: List[Dict], hw, batch_size: int) -> float:
                  t[f'bytes_b{batch_size}'] / hw.memory_bandwidth) for t in terms)
 
 
+def broadcast_variant(calibrated):
+  """`calibrated` with the broadcast-multiply rate as memory bandwidth, or None."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  kinds = (calibrated.measurements or {}).get('kinds', {})
+  if 'broadcast' not in kinds:
+    return None
+  return dataclasses.replace(calibrated, name=calibrated.name + '_broadcast_bw',
+                             memory_bandwidth=kinds['broadcast']['rate'])
+
+
 def predicted_costs(terms: List[Dict], calibrated, datasheet_names: Sequence[str]) -> Dict:
   """FLOPs per example and roofline latencies (ns) per batch size."""
   from morph_net.network_regularizers import hardware  # pylint: disable=g-import-not-at-top
   out = {'flops': sum(t['flops'] for t in terms)}
+  variant = broadcast_variant(calibrated)
   for b in BATCH_SIZES:
     out[f'calibrated_b{b}'] = latency_ns(terms, calibrated, b)
+    if variant is not None:
+      out[f'broadcast_bw_b{b}'] = latency_ns(terms, variant, b)
     for name in datasheet_names:
       out[f'{name}_b{b}'] = latency_ns(terms, hardware.get(name), b)
   return out
@@ -313,6 +329,9 @@ def run_family(family: str, args, calibrated, device: str) -> Dict:
       'roofline calibrated': np.array(
           [[c[f'calibrated_b{b}'] for b in BATCH_SIZES] for c in costs]) * 1e-9,
   }
+  if 'broadcast_bw_b1' in costs[0]:
+    predictors['calibrated, broadcast bw'] = np.array(
+        [[c[f'broadcast_bw_b{b}'] for b in BATCH_SIZES] for c in costs]) * 1e-9
   stats = {'widths': args.widths}
   for col, b in enumerate(BATCH_SIZES):
     stats[f'b{b}'] = {
@@ -380,25 +399,25 @@ def main(argv=None) -> int:
       s = r['stats'][f'b{b}']
       print(f'batch {b}: measured {measured[:, col].min() * 1e3:.2f}..'
             f'{measured[:, col].max() * 1e3:.2f} ms')
-      for name in ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated'):
+      for name in s:
+        if name == 'datasheet_spearman':
+          continue
         print(f'  {name:<22} Spearman {s[name]["spearman"]:+.3f}  median rel. error '
               f'{s[name]["median_rel_error"]:.3f} (after best scale '
               f'{s[name]["median_rel_error_after_scale"]:.3f})')
       if not args.no_readme:
+        names = [n for n in s if n != 'datasheet_spearman']
         results_table.record(
             SECTION,
             ['family', 'widths', 'device, threads', 'batch', 'N', 'measured ms',
-             'Spearman FLOPs / V100 / calibrated',
-             'median rel. err. FLOPs / V100 / calibrated',
-             'rel. err. after best scale FLOPs / V100 / calibrated'],
+             'Spearman FLOPs / V100 / calibrated (/ broadcast bw)',
+             'median rel. err. FLOPs / V100 / calibrated (/ broadcast bw)',
+             'rel. err. after best scale FLOPs / V100 / calibrated (/ broadcast bw)'],
             [family, args.widths, f'{kind}, {args.threads or "auto"}', b, args.num_models,
              f'{measured[:, col].min() * 1e3:.2f}..{measured[:, col].max() * 1e3:.2f}',
-             ' / '.join(f'{s[n]["spearman"]:.3f}' for n in
-                        ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated')),
-             ' / '.join(f'{s[n]["median_rel_error"]:.2f}' for n in
-                        ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated')),
-             ' / '.join(f'{s[n]["median_rel_error_after_scale"]:.2f}' for n in
-                        ('FLOPs', f'roofline {DATASHEET}', 'roofline calibrated'))],
+             ' / '.join(f'{s[n]["spearman"]:.3f}' for n in names),
+             ' / '.join(f'{s[n]["median_rel_error"]:.2f}' for n in names),
+             ' / '.join(f'{s[n]["median_rel_error_after_scale"]:.2f}' for n in names)],
             keep=12)
   results['seconds'] = time.perf_counter() - start
   path = os.path.join(RESULTS_DIR, f'latency_check_{kind}_{args.widths}.json')

@@ -9,6 +9,7 @@ GPU:
 | `depthwise_conv` | `DepthwiseConv2dNative` | 2·H·W·9·C FLOPs |
 | `matmul` | `MatMul` | 2·n³ FLOPs (n×n by n×n) |
 | `copy` | memory bandwidth | 8·n bytes (float32 ReLU: read n, write n) |
+| `broadcast` | recorded only | 8·n bytes (x[n/64, 64] * s[64], Keras 3 BN's per-channel Mul) |
 
 Each kernel runs in its own `tf.function` on fixed inputs; after warm-up
 calls, every (kind, size) is timed once per round, the rounds interleave all
@@ -22,7 +23,10 @@ usable (non-positive, or a negative intercept from noise), the best rate seen
 at any size is used instead, and the measurement records which.
 
 `peak_compute` is the fastest of the three compute kinds; `op_efficiency`
-holds each op type's fraction of it; `memory_bandwidth` is the copy rate.
+holds each op type's fraction of it; `memory_bandwidth` is the copy rate. The
+broadcast multiply's rate is only recorded in `measurements`: on CPUs it can
+be several times lower than a plain copy, and Keras 3 batch norms are such
+broadcasts (edit `memory_bandwidth` to use it).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import tensorflow as tf
 
 from morph_net.network_regularizers import hardware as hardware_lib
 
-KINDS = ('dense_conv', 'depthwise_conv', 'matmul', 'copy')
+KINDS = ('dense_conv', 'depthwise_conv', 'matmul', 'copy', 'broadcast')
 
 # Op types each compute kind calibrates. Transposed and 3-D convolutions are
 # not timed: they take the dense convolution's efficiency.
@@ -50,6 +54,8 @@ KIND_OP_TYPES = {
     'matmul': ('MatMul',),
 }
 
+MEMORY_KINDS = ('copy', 'broadcast')
+
 # Sizes per kind: (H, C_in, C_out) for dense, (H, C) for depthwise, n for
 # matmul and copy. CPU sizes keep a full run well under a minute on 2 cores.
 CPU_SIZES = {
@@ -57,18 +63,21 @@ CPU_SIZES = {
     'depthwise_conv': [(16, 64), (32, 64), (32, 128), (64, 128), (64, 256)],
     'matmul': [128, 256, 384, 512, 768],
     'copy': [1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22],
+    'broadcast': [1 << 16, 1 << 18, 1 << 20, 1 << 21, 1 << 22],
 }
 QUICK_SIZES = {
     'dense_conv': [(8, 16, 16), (16, 32, 32), (16, 64, 64)],
     'depthwise_conv': [(16, 32), (32, 64), (32, 128)],
     'matmul': [64, 128, 256],
     'copy': [1 << 14, 1 << 17, 1 << 19],
+    'broadcast': [1 << 14, 1 << 17, 1 << 19],
 }
 GPU_SIZES = {
     'dense_conv': [(28, 128, 128), (56, 128, 128), (56, 256, 256), (112, 256, 256)],
     'depthwise_conv': [(56, 256), (112, 256), (112, 512), (224, 512)],
     'matmul': [1024, 2048, 3072, 4096],
     'copy': [1 << 22, 1 << 24, 1 << 25, 1 << 26],
+    'broadcast': [1 << 22, 1 << 24, 1 << 25, 1 << 26],
 }
 
 
@@ -77,12 +86,12 @@ class KernelTiming:
   """The median time of one (kind, size) and the rate it implies."""
   kind: str
   size: Tuple[int, ...]
-  work: float  # FLOPs, or bytes for 'copy'.
+  work: float  # FLOPs, or bytes for 'copy' and 'broadcast'.
   median_s: float
 
   @property
   def rate(self) -> float:
-    """GFLOP/s (GB/s for 'copy') at this size, per-call overhead included."""
+    """GFLOP/s (GB/s for memory kinds) at this size, per-call overhead included."""
     return self.work / self.median_s / 1e9
 
 
@@ -108,7 +117,7 @@ class Calibration:
     lines = [f'{"kind":<15} {"size":<16} {"work":>12} {"median ms":>10} {"rate":>10}']
     for kind in KINDS:
       fit = self.fits[kind]
-      unit = 'GB/s' if kind == 'copy' else 'GFLOP/s'
+      unit = 'GB/s' if kind in MEMORY_KINDS else 'GFLOP/s'
       for t in fit.timings:
         size = 'x'.join(str(s) for s in t.size)
         lines.append(f'{kind:<15} {size:<16} {t.work:>12.4g} {t.median_s * 1e3:>10.3f} '
@@ -156,6 +165,12 @@ def _kernel(kind: str, size, seed: int) -> Tuple[Callable[[], tf.Tensor], float]
     fn = tf.function(lambda x: tf.nn.relu(x)[:1])
     work = 8.0 * n  # float32 read + write.
     args = (x,)
+  elif kind == 'broadcast':
+    n = size
+    x, scale = tensor(max(1, n // 64), 64), tensor(64)
+    fn = tf.function(lambda x, s: (x * s)[0, :1])
+    work = 8.0 * max(1, n // 64) * 64  # read x, write the product (s is tiny).
+    args = (x, scale)
   else:
     raise ValueError(f'kind must be one of {list(KINDS)}. Received: kind={kind!r}.')
   # Reading one element back waits for the kernel (GPU) at negligible cost.
@@ -263,10 +278,11 @@ def calibrate(*, name: Optional[str] = None, device: Optional[str] = None,
       'tensorflow': tf.__version__,
       'intra_op_threads': tf.config.threading.get_intra_op_parallelism_threads(),
       'quick': quick, 'repeats': repeats, 'warmup': warmup, 'seconds': round(seconds, 2),
-      'note': 'Conv2DBackpropInput and Conv3D take the dense_conv efficiency (not timed).',
+      'note': 'Conv2DBackpropInput and Conv3D take the dense_conv efficiency (not timed); '
+              'memory_bandwidth is the copy rate, the broadcast rate is recorded only.',
       'kinds': {
           kind: {
-              'rate': fit.rate, 'unit': 'GB/s' if kind == 'copy' else 'GFLOP/s',
+              'rate': fit.rate, 'unit': 'GB/s' if kind in MEMORY_KINDS else 'GFLOP/s',
               'method': fit.method, 'overhead_us': fit.overhead_us,
               'sizes': [{'size': list(t.size), 'work': t.work, 'median_s': t.median_s,
                          'rate': t.rate} for t in fit.timings],

@@ -16,7 +16,7 @@ def test_quick_calibration_writes_a_valid_file(tmp_path, capsys):
   assert cli_main.main(['calibrate', '--quick', '--repeats', '2', '--device', 'cpu',
                         '--name', 'here', '--output', str(path)]) == 0
   out = capsys.readouterr().out
-  for kind in ('dense_conv', 'depthwise_conv', 'matmul', 'copy'):
+  for kind in ('dense_conv', 'depthwise_conv', 'matmul', 'copy', 'broadcast'):
     assert f'-> {kind}:' in out
   assert 'peak_compute' in out and f'wrote {path}' in out
   assert os.listdir(path.parent) == ['this_machine.json']  # written atomically

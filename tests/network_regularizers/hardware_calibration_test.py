@@ -40,18 +40,21 @@ def test_unusable_slope_falls_back_to_the_best_size_rate():
 
 def test_tiny_calibration_gives_a_valid_description():
   sizes = {'dense_conv': [(4, 4, 4), (8, 8, 8)], 'depthwise_conv': [(4, 4), (8, 8)],
-           'matmul': [8, 16], 'copy': [256, 1024]}
+           'matmul': [8, 16], 'copy': [256, 1024], 'broadcast': [256, 1024]}
   result = hc.calibrate(name='tiny', device='/CPU:0', sizes=sizes, repeats=1, warmup=0)
   hw = result.hardware
   assert hw.name == 'tiny' and hw.peak_compute > 0 and hw.memory_bandwidth > 0
   assert set(hw.op_efficiency) == {'Conv2D', 'Conv2DBackpropInput', 'Conv3D',
                                    'DepthwiseConv2dNative', 'MatMul'}
   assert max(hw.op_efficiency.values()) == 1.0
-  # Work of each kernel, by hand: 2*H*W*9*Cin*Cout, 2*H*W*9*C, 2*n^3, 8*n.
+  # Work of each kernel, by hand: 2*H*W*9*Cin*Cout, 2*H*W*9*C, 2*n^3, 8*n, 8*n.
   works = {k: [t.work for t in f.timings] for k, f in result.fits.items()}
   assert works == {'dense_conv': [2 * 16 * 9 * 16, 2 * 64 * 9 * 64],
                    'depthwise_conv': [2 * 16 * 9 * 4, 2 * 64 * 9 * 8],
-                   'matmul': [2 * 8 ** 3, 2 * 16 ** 3], 'copy': [8 * 256, 8 * 1024]}
+                   'matmul': [2 * 8 ** 3, 2 * 16 ** 3], 'copy': [8 * 256, 8 * 1024],
+                   'broadcast': [8 * 256, 8 * 1024]}
+  assert hw.memory_bandwidth == result.fits['copy'].rate
+  assert hw.measurements['kinds']['broadcast']['unit'] == 'GB/s'
   assert 'peak_compute' in result.format_table()
 
 
