@@ -159,8 +159,9 @@ def add_expand_parser(subparsers) -> None:
   parser.add_argument('--cost', default=None, choices=common.COST_CHOICES,
                       help='the resource of the target. Default: flops')
   parser.add_argument('--hardware', default=common.DEFAULT_HARDWARE,
-                      help='hardware of the latency cost, one of '
-                      f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}. Default: V100')
+                      help='hardware of the latency cost: one of '
+                      f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}, or the path '
+                      'of a hardware JSON file (morphnet calibrate). Default: V100')
   parser.add_argument('--regularizer', default='gamma', choices=common.REGULARIZER_CHOICES,
                       help='the network regularizer family that costs the models (gamma '
                       'needs BatchNormalization layers; group_lasso does not). '

@@ -15,7 +15,7 @@ import numpy as np
 from morph_net.network_regularizers import flop_regularizer
 from morph_net.network_regularizers import latency_regularizer
 from morph_net.network_regularizers import model_size_regularizer
-from morph_net.network_regularizers import resource_function
+from morph_net.network_regularizers import hardware as hardware_lib
 
 
 class CliError(Exception):
@@ -118,13 +118,16 @@ def quiet_tensorflow_warnings() -> Iterator[None]:
     logger.setLevel(previous)
 
 
-def check_hardware(hardware: str) -> str:
-  """Returns `hardware` if it is a known hardware name, else raises CliError."""
-  if hardware not in resource_function.PEAK_COMPUTE:
+def check_hardware(hardware: str):
+  """The `Hardware` named by --hardware (a name or a JSON file), else raises CliError."""
+  try:
+    return hardware_lib.resolve(hardware)
+  except (TypeError, ValueError) as e:
+    detail = f' ({e})' if str(hardware).endswith('.json') else ''
     raise CliError(
-        f'--hardware must be one of {sorted(resource_function.PEAK_COMPUTE)}. '
-        f'Received: {hardware!r}.')
-  return hardware
+        f'--hardware must be one of {hardware_lib.registered_names()} or the path '
+        'of a hardware JSON file (`morphnet calibrate` writes one). '
+        f'Received: {hardware!r}{detail}.') from e
 
 
 def regularizer_arguments(regularizer: str, cost: str, threshold: float,

@@ -139,8 +139,9 @@ def add_parser(subparsers) -> None:
   parser.add_argument('--cost', default='flops', choices=common.COST_CHOICES,
                       help='the resource to shrink. Default: flops')
   parser.add_argument('--hardware', default=common.DEFAULT_HARDWARE,
-                      help='hardware of the latency cost, one of '
-                      f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}. Default: V100')
+                      help='hardware of the latency cost: one of '
+                      f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}, or the path '
+                      'of a hardware JSON file (morphnet calibrate). Default: V100')
   parser.add_argument('--threshold', type=common.non_negative_float('--threshold'), default=1e-2,
                       help='a channel is alive iff its gamma / norm exceeds this. '
                       'Default: 0.01')

@@ -11,7 +11,7 @@ import morph_net
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from morph_net.cli import apply, demo, learn, report  # pylint: disable=g-import-not-at-top
+  from morph_net.cli import apply, calibrate, demo, learn, report  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='morphnet',
       description='MorphNet for TensorFlow 2 / Keras 3: learn layer widths under '
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
   learn.add_parser(subparsers)
   apply.add_parsers(subparsers)  # shrink, expand
   demo.add_parser(subparsers)
+  calibrate.add_parser(subparsers)
   return parser
 
 

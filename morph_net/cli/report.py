@@ -57,7 +57,7 @@ class CostReport:
     return '\n'.join(lines)
 
 
-def cost_report(model, *, input_shape=None, hardware: str = 'V100',
+def cost_report(model, *, input_shape=None, hardware='V100',
                 regularizer: str = 'gamma', threshold: float = 1e-2) -> CostReport:
   """Computes the per-layer cost report of a Keras model.
 
@@ -88,7 +88,7 @@ def cost_report(model, *, input_shape=None, hardware: str = 'V100',
         weights=float(size_calc.get_cost([op])),
         latency=float(latency_calc.get_cost([op]))))
   return CostReport(
-      model=model.name, hardware=hardware, rows=rows,
+      model=model.name, hardware=latency_fn.hardware.name, rows=rows,
       total_flops=float(reg.get_cost()), total_weights=float(size_calc.get_cost()),
       total_latency=float(latency_calc.get_cost()))
 
@@ -105,6 +105,14 @@ def parse_shape(text: Optional[str]):
         f'Received: {text!r}.') from None
 
 
+def _hardware_argument(text: str):
+  from morph_net.cli import common  # pylint: disable=g-import-not-at-top
+  try:
+    return common.check_hardware(text)
+  except common.CliError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(subparsers) -> None:
   parser = subparsers.add_parser(
       'report', help='Per-layer FLOPs, weights and latency of a Keras model.',
@@ -116,9 +124,10 @@ def add_parser(subparsers) -> None:
   parser.add_argument('--input-shape', type=parse_shape, default=None,
                       help='input shape with batch first, e.g. 1,224,224,3 '
                       '(default: the model\'s own input shape, batch 1)')
-  parser.add_argument('--hardware', default='V100',
-                      choices=sorted(resource_function.PEAK_COMPUTE),
-                      help='hardware for the latency column (default: V100)')
+  parser.add_argument('--hardware', default='V100', type=_hardware_argument,
+                      help='hardware for the latency column: one of '
+                      f'{", ".join(sorted(resource_function.PEAK_COMPUTE))}, or the path '
+                      'of a hardware JSON file (morphnet calibrate). Default: V100')
   parser.add_argument('--regularizer', default='gamma', choices=sorted(REGULARIZERS),
                       help='which channels count as alive: BN gammas (gamma) or '
                       'kernel norms (group_lasso). Default: gamma')

@@ -2,7 +2,9 @@
 
 Every op is costed as compute bound (FLOPs / peak compute) or memory bound
 (bytes / memory bandwidth), whichever is slower, with the table values of the
-named hardware (`resource_function.PEAK_COMPUTE`, `MEMORY_BANDWIDTH`); the
+named hardware (`resource_function.PEAK_COMPUTE`, `MEMORY_BANDWIDTH`) or of
+a user's own `hardware.Hardware` (registered, loaded from JSON, or measured
+by `morphnet calibrate`, with optional per-op-type compute efficiencies); the
 unit is nanoseconds. Unlike FLOPs, latency also counts the memory traffic of
 batch norms, activations, additions and concatenations.
 """
@@ -16,6 +18,7 @@ import tensorflow as tf
 from morph_net.network_regularizers import base_network_regularizer
 from morph_net.network_regularizers import compiled_cost
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import hardware as hardware_lib
 from morph_net.network_regularizers import logistic_sigmoid_regularizer
 from morph_net.network_regularizers import resource_function
 
@@ -27,7 +30,9 @@ class GammaLatencyRegularizer(
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
     gamma_threshold: A channel is alive iff `|gamma| > gamma_threshold`.
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     regularizer_decorator: An `OpRegularizer` class applied to every
       regularizer created. None means no decoration.
@@ -57,7 +62,7 @@ class GammaLatencyRegularizer(
       self,
       output_boundary: Sequence[tf.Operation],
       gamma_threshold: float,
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       regularizer_decorator: Optional[Callable[..., Any]] = None,
       decorator_parameters: Optional[Mapping[str, Any]] = None,
@@ -70,8 +75,8 @@ class GammaLatencyRegularizer(
     flop_regularizer._check_threshold('gamma_threshold', gamma_threshold)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
-    components = latency_components(hardware, batch_size)
+    self._hardware = latency_function.hardware.name
+    components = latency_components(latency_function.hardware, batch_size)
     self._build(
         output_boundary,
         flop_regularizer._gamma_op_handler_dict(
@@ -95,7 +100,9 @@ class GroupLassoLatencyRegularizer(
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
     threshold: A channel is alive iff its group-lasso norm is `> threshold`.
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     l1_fraction: Weight of the L1 term of the norm, in [0, 1]. Defaults to 0.
     regularizer_decorator: An `OpRegularizer` class applied to every
@@ -126,7 +133,7 @@ class GroupLassoLatencyRegularizer(
       self,
       output_boundary: Sequence[tf.Operation],
       threshold: float,
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       l1_fraction: float = 0,
       regularizer_decorator: Optional[Callable[..., Any]] = None,
@@ -141,8 +148,8 @@ class GroupLassoLatencyRegularizer(
     flop_regularizer._check_l1_fraction(l1_fraction)
     latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
-    components = latency_components(hardware, batch_size)
+    self._hardware = latency_function.hardware.name
+    components = latency_components(latency_function.hardware, batch_size)
     self._build(
         output_boundary,
         flop_regularizer._group_lasso_op_handler_dict(
@@ -163,7 +170,9 @@ class LogisticSigmoidLatencyRegularizer(
 
   Args:
     output_boundary: Ops where the analysis starts (e.g. `[logits.op]`).
-    hardware: A key of `resource_function.PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `resource_function.PEAK_COMPUTE` (e.g. `'V100'`), a
+      name registered with `hardware.register`, a `hardware.Hardware`, or
+      the path of a hardware JSON file (`morphnet calibrate` writes one).
     batch_size: The inference batch size. Defaults to 1.
     regularize_on_mask: Regularize the gates' masks (True) or their keep
       probabilities sigmoid(logits) (False).
@@ -192,7 +201,7 @@ class LogisticSigmoidLatencyRegularizer(
   def __init__(
       self,
       output_boundary: Sequence[tf.Operation],
-      hardware: str,
+      hardware: hardware_lib.HardwareLike,
       batch_size: int = 1,
       regularize_on_mask: bool = True,
       alive_threshold: float = 0.1,
@@ -208,7 +217,7 @@ class LogisticSigmoidLatencyRegularizer(
     # Checked before the (slower) graph analysis.
     self._latency_function = resource_function.latency_function_factory(
         hardware, batch_size)
-    self._hardware = hardware
+    self._hardware = self._latency_function.hardware.name
     self._batch_size = batch_size
     super().__init__(
         output_boundary,
@@ -228,39 +237,41 @@ class LogisticSigmoidLatencyRegularizer(
   def get_calculator(self):
     return compiled_cost.CompiledCostCalculator(
         self._manager, self._latency_function,
-        components=latency_components(self._hardware, self._batch_size))
+        components=latency_components(self._latency_function.hardware, self._batch_size))
 
   @property
   def cost_name(self) -> str:
     return self._hardware + ' Latency'
 
 
-def latency_components(hardware: str, batch_size: int):
+def latency_components(hardware: hardware_lib.Hardware, batch_size: int):
   """The compute and memory times whose maximum is the latency of an op.
 
   Used by the compiled cost (`compiled_cost.CompiledCostCalculator`), which
   checks, op by op, that their maximum equals the latency function; None if
-  the hardware's figures cannot be read from the tables (the latency is then
-  costed op by op).
+  the hardware's figures cannot be read (the latency is then costed op by op).
 
   Args:
-    hardware: A key of `resource_function.PEAK_COMPUTE`.
+    hardware: A resolved `hardware.Hardware` (the `.hardware` attribute of a
+      `resource_function.latency_function_factory` function); the compute time
+      of an op uses its per-op-type efficiency (`effective_peak_compute`).
     batch_size: The batch size.
 
   Returns:
     `[compute_time, memory_time]`, two resource functions, or None.
   """
   try:
-    peak_compute = float(resource_function.PEAK_COMPUTE[hardware])
-    memory_bandwidth = float(resource_function.MEMORY_BANDWIDTH[hardware])
-  except (AttributeError, KeyError, TypeError, ValueError):
+    memory_bandwidth = float(hardware.memory_bandwidth)
+    hardware.effective_peak_compute('Conv2D')
+  except (AttributeError, TypeError, ValueError):
     return None
 
   def compute_time(op, is_regularization, *args):
     if not is_regularization and not resource_function.is_flop_op(op):
       return 0.0
     return resource_function.flop_function(
-        op, is_regularization, *args, batch_size=batch_size) / peak_compute
+        op, is_regularization, *args, batch_size=batch_size) / float(
+            hardware.effective_peak_compute(op.type))
 
   def memory_time(op, is_regularization, *args):
     return resource_function.memory_function(

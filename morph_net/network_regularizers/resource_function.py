@@ -30,6 +30,7 @@ import tensorflow as tf
 from morph_net.framework import grouped_convolution_op_handler
 from morph_net.framework import op_handler_util
 from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import hardware as hardware_lib
 
 # Peak compute of the hardware, in GFLOP/s.
 PEAK_COMPUTE = {
@@ -447,43 +448,43 @@ def latency_function(op: tf.Operation, is_regularization: bool,
       _select(_greater(memory_cost, compute_cost), memory_reg, flop_reg))
 
 
-def latency_function_factory(hardware: Optional[str],
+def latency_function_factory(hardware: Optional[hardware_lib.HardwareLike],
                              batch_size: int) -> _ResourceFunction:
   """Returns a 6-argument latency function bound to `hardware` and `batch_size`.
 
   Args:
-    hardware: A key of `PEAK_COMPUTE`, e.g. `'V100'`.
+    hardware: A key of `PEAK_COMPUTE` (e.g. `'V100'`), a name registered with
+      `hardware.register`, a `hardware.Hardware`, or the path of a hardware
+      JSON file (see `morph_net/network_regularizers/hardware.py`). The
+      compute term of a FLOP op uses `peak_compute * efficiency[op.type]`.
     batch_size: The batch size, a positive integer.
 
   Returns:
     `fn(op, is_regularization, num_alive_inputs, num_alive_outputs,
-    reg_inputs, reg_outputs)` computing `latency_function` with the table
-    values of `hardware`.
+    reg_inputs, reg_outputs)` computing `latency_function` with the figures
+    of `hardware`.
 
   Raises:
-    ValueError: `hardware` is not a known name, or `batch_size` is not
-      positive.
+    ValueError: `hardware` is not a known name nor a valid description, or
+      `batch_size` is not positive.
   """
   if (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Real)
       or not batch_size > 0):
     raise ValueError(
         'batch_size must be a positive number. '
         f'Received: batch_size={batch_size!r}.')
-  if not isinstance(hardware, str) or hardware not in PEAK_COMPUTE:
-    raise ValueError(
-        f'Hardware {hardware} must be in {list(PEAK_COMPUTE)}. '
-        f'Received: hardware={hardware!r}.')
-  peak_compute = PEAK_COMPUTE[hardware]
-  memory_bandwidth = MEMORY_BANDWIDTH[hardware]
+  spec = hardware_lib.resolve(hardware)
+  memory_bandwidth = spec.memory_bandwidth
 
   def latency_fn(op, is_regularization, num_alive_inputs, num_alive_outputs,
                  reg_inputs, reg_outputs):
     return latency_function(
         op, is_regularization, num_alive_inputs, num_alive_outputs,
-        reg_inputs, reg_outputs, peak_compute, memory_bandwidth,
-        batch_size=batch_size)
+        reg_inputs, reg_outputs, spec.effective_peak_compute(op.type),
+        memory_bandwidth, batch_size=batch_size)
 
-  latency_fn.__name__ = f'latency_function_{hardware}'
+  latency_fn.__name__ = f'latency_function_{spec.name}'
+  latency_fn.hardware = spec
   return latency_fn
 
 
