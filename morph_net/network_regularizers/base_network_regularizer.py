@@ -99,6 +99,9 @@ class BaseNetworkRegularizer(generic_regularizers.NetworkRegularizer):
           grouping_regularizers.MaxGroupingRegularizer),
       components: Optional[Sequence[Callable[..., Any]]] = None) -> None:
     """Builds the manager and (if `resource_function` is set) the calculator."""
+    # The manager accepts an empty boundary (as the original does, for users who
+    # drive it op by op); a network regularizer on one would cost nothing.
+    output_boundary = orm.check_output_boundary(output_boundary)
     op_handler_dict = apply_handler_overrides(
         op_handler_dict, extra_op_handlers, unknown_op_policy)
     self._manager = orm.OpRegularizerManager(

@@ -57,6 +57,7 @@ from morph_net.framework import lazy_evaluation
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import probabilistic_grouping_regularizer as pgr
 from morph_net.network_regularizers import cost_calculator
+from morph_net.network_regularizers import resource_function as resource_function_lib
 from morph_net.op_regularizers import gamma_l1_regularizer
 
 # Probe points (A_in, A_out, R_in, R_out) from which the 8 monomial
@@ -102,6 +103,12 @@ def fit_bilinear(fn: Callable[..., Any], op: tf.Operation,
     R_in, R_out, A_in*R_out, A_out*R_in`, or None if `fn` does not return
     numbers for `op` (e.g. a dynamic shape) or is not of that form.
   """
+  with resource_function_lib.static_values():
+    return _fit_bilinear(fn, op, is_regularization)
+
+
+def _fit_bilinear(fn, op, is_regularization):
+  """`fit_bilinear` within `resource_function.static_values()`."""
   probes = _PROBES if is_regularization else _PROBES[:4]
   values = []
   for point in probes:
@@ -149,6 +156,12 @@ def compile_op(resource_function, components, op) -> Optional[_OpCoefficients]:
   equal the maximum of their costs, and its term the term of the first
   component of largest cost (the latency roofline).
   """
+  with resource_function_lib.static_values():
+    return _compile_op(resource_function, components, op)
+
+
+def _compile_op(resource_function, components, op):
+  """`compile_op` within `resource_function.static_values()`."""
   functions = list(components) if components else [resource_function]
   cost = []
   term = []

@@ -244,7 +244,7 @@ class LogisticSigmoidLatencyRegularizer(
     return self._hardware + ' Latency'
 
 
-def latency_components(hardware: hardware_lib.Hardware, batch_size: int):
+def latency_components(hardware: hardware_lib.HardwareLike, batch_size: int):
   """The compute and memory times whose maximum is the latency of an op.
 
   Used by the compiled cost (`compiled_cost.CompiledCostCalculator`), which
@@ -252,17 +252,18 @@ def latency_components(hardware: hardware_lib.Hardware, batch_size: int):
   the hardware's figures cannot be read (the latency is then costed op by op).
 
   Args:
-    hardware: A resolved `hardware.Hardware` (the `.hardware` attribute of a
-      `resource_function.latency_function_factory` function); the compute time
-      of an op uses its per-op-type efficiency (`effective_peak_compute`).
+    hardware: A `hardware.Hardware`, or anything `hardware.resolve` accepts
+      (a datasheet key such as 'P100', a registered name, a JSON path); the
+      compute time of an op uses its per-op-type efficiency
+      (`effective_peak_compute`).
     batch_size: The batch size.
 
   Returns:
     `[compute_time, memory_time]`, two resource functions, or None.
   """
   try:
+    hardware = hardware_lib.resolve(hardware)
     memory_bandwidth = float(hardware.memory_bandwidth)
-    hardware.effective_peak_compute('Conv2D')
   except (AttributeError, TypeError, ValueError):
     return None
 

@@ -21,8 +21,10 @@ only possible inside the graph the op belongs to.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
@@ -393,13 +395,34 @@ def memory_function(op: tf.Operation, is_regularization: bool,
   return _graph_tensor(total)
 
 
+_STATIC_VALUES = threading.local()
+
+
+@contextlib.contextmanager
+def static_values():
+  """Within it, memory and latency functions return numbers for static shapes.
+
+  Outside, they return tensors in graph mode as the original did (see
+  `_graph_tensor`); the compiled cost (`compiled_cost.fit_bilinear`) probes
+  resource functions with numbers inside this context.
+  """
+  previous = getattr(_STATIC_VALUES, 'on', False)
+  _STATIC_VALUES.on = True
+  try:
+    yield
+  finally:
+    _STATIC_VALUES.on = previous
+
+
 def _graph_tensor(value):
   """`value` as a float32 tensor in graph mode; unchanged when eager.
 
   The original computed memory payloads from dynamic shapes, so memory and
   latency were always tensors in a graph, and its callers `sess.run` them.
+  Unchanged within `static_values()`.
   """
-  if tf.executing_eagerly() or tf.is_tensor(value):
+  if (tf.executing_eagerly() or tf.is_tensor(value)
+      or getattr(_STATIC_VALUES, 'on', False)):
     return value
   return tf.constant(float(value), tf.float32)
 

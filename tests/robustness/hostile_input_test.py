@@ -30,7 +30,6 @@ from morph_net.framework import op_handler_registry
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.keras_integration import callback
-from morph_net.keras_integration import model_analysis
 from morph_net.keras_integration import shrink
 from morph_net.keras_integration.layer_structure import LayerStructureExporter
 from morph_net.network_regularizers import flop_regularizer
@@ -74,6 +73,7 @@ def _conv_bn_net(image, var):
 
 
 @pytest.mark.parametrize('boundary, error, match', [
+    ([], ValueError, r'output_boundary must be a non-empty list.*Received: output_boundary=\[\]'),
     (None, ValueError, 'Received: output_boundary=None'),
     ('logits', TypeError, "Received: output_boundary='logits' of type str"),
     ([3], TypeError, 'Received: 3 of type int'),
@@ -83,16 +83,13 @@ def test_empty_or_non_op_output_boundary(boundary, error, match):
     flop_regularizer.GammaFlopsRegularizer(boundary, gamma_threshold=0.1)
 
 
-def test_empty_output_boundary_analyses_nothing(caplog):
-  # Issue 14: OpRegularizerManager([]) is accepted, as in the original, so a
-  # network regularizer on [] analyses nothing (the original's cost 0.0) and
-  # says so when costed.
+def test_empty_output_boundary_is_accepted_by_the_manager_only():
+  # Issue 14: OpRegularizerManager([]) is accepted, as in the original (its
+  # users drive such a manager op by op); a network regularizer on [] would
+  # cost nothing, so it is still rejected (above).
   with tf.Graph().as_default():
-    reg = flop_regularizer.GammaFlopsRegularizer([], gamma_threshold=0.1)
-    assert reg.op_regularizer_manager.ops == set()
-    with caplog.at_level(logging.WARNING):
-      assert reg.get_cost() == 0.0
-  assert 'No supported ops found.' in caplog.text
+    manager = orm.OpRegularizerManager([], {})
+    assert manager.ops == set()
 
 
 def test_tensor_instead_of_op_in_boundary(mode):
