@@ -68,9 +68,13 @@ from morph_net.keras_integration.shrink.graph import DEPTHWISE_LAYERS
 from morph_net.keras_integration.shrink.graph import WIDTH_LAYERS
 from morph_net.keras_integration.shrink.structure import StructureLike
 from morph_net.keras_integration.shrink.structure import channel_masks
+from morph_net.keras_integration.shrink.custom import RebuildContext
+from morph_net.keras_integration.shrink.custom import register_layer_rebuilder
+from morph_net.keras_integration.shrink.custom import unregister_layer_rebuilder
 
-__all__ = ['DEPTHWISE_LAYERS', 'RebuildResult', 'StructureLike', 'WIDTH_LAYERS',
-           'channel_masks', 'output_width_layers', 'rebuild', 'shrink_model']
+__all__ = ['DEPTHWISE_LAYERS', 'RebuildContext', 'RebuildResult', 'StructureLike',
+           'WIDTH_LAYERS', 'channel_masks', 'output_width_layers', 'rebuild',
+           'register_layer_rebuilder', 'shrink_model', 'unregister_layer_rebuilder']
 
 
 def shrink_model(model: keras.Model, structure: StructureLike, *,

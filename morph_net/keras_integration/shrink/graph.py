@@ -12,6 +12,10 @@ from typing import Any, Dict, List, Optional
 import keras
 from absl import logging
 
+from morph_net.keras_integration.shrink import custom
+from morph_net.keras_integration.shrink import kinds
+from morph_net.keras_integration.shrink import operations
+from morph_net.keras_integration.shrink import reshape
 from morph_net.probabilistic_gating import activation_gating
 
 L = keras.layers
@@ -36,14 +40,12 @@ FOLLOW_LAYERS = tuple(getattr(L, name) for name in (
     'Cropping1D', 'Cropping2D', 'Cropping3D', 'UpSampling1D', 'UpSampling2D',
     'UpSampling3D') if hasattr(L, name))
 
-# Layer kinds (how the output channels relate to the input channels).
-WIDTH = 'width'            # output width from the structure
-DEPTHWISE = 'depthwise'    # C_in * depth_multiplier
-FLATTEN = 'flatten'        # C_in * spatial positions
-CONCAT = 'concat'          # channel concatenation
-MERGE = 'merge'            # element-wise merge: inputs share channels
-FOLLOW = 'follow'          # same channels as the input
-FIXED = 'fixed'            # needs an unchanged input; output unchanged
+# The kinds, re-exported (see `kinds`).
+WIDTH, GROUPED, DEPTHWISE, FLATTEN = kinds.WIDTH, kinds.GROUPED, kinds.DEPTHWISE, kinds.FLATTEN
+RESHAPE, CONCAT, SPLIT, MERGE = kinds.RESHAPE, kinds.CONCAT, kinds.SPLIT, kinds.MERGE
+FOLLOW, NESTED, CUSTOM, FIXED = kinds.FOLLOW, kinds.NESTED, kinds.CUSTOM, kinds.FIXED
+PASS_KINDS = kinds.PASS_KINDS
+
 
 def functional_of(model) -> Any:
   """The Functional graph of `model` (a Sequential's inner functional)."""
@@ -88,17 +90,25 @@ def channels_last(layer) -> bool:
 
 
 def kind_of(layer, node) -> str:
-  """How `layer` (at `node`) maps input channels to output channels."""
+  """How `layer` (a Layer or Operation, at `node`) maps input to output channels."""
   inputs = node.arguments.keras_tensors
   outputs = node.outputs
+  if custom.rebuilder_of(layer) is not None:
+    return CUSTOM
+  if not isinstance(layer, keras.layers.Layer):
+    return operations.kind_of_operation(layer, node)
+  if is_nested_model(layer):
+    return NESTED
   if not channels_last(layer):
     return FIXED
   if isinstance(layer, WIDTH_LAYERS):
-    return WIDTH
+    return GROUPED if (getattr(layer, 'groups', 1) or 1) > 1 else WIDTH
   if isinstance(layer, DEPTHWISE_LAYERS):
     return DEPTHWISE
   if isinstance(layer, L.Flatten):
     return FLATTEN
+  if isinstance(layer, L.Reshape):
+    return reshape.kind_of_reshape(node)
   if isinstance(layer, L.Concatenate):
     rank = len(outputs[0].shape)
     return CONCAT if layer.axis in (-1, rank - 1) else MERGE
@@ -124,32 +134,68 @@ def kind_of(layer, node) -> str:
   return FIXED
 
 
+def is_nested_model(layer) -> bool:
+  """Whether `layer` is a functional or (built) Sequential model used as a layer."""
+  if not isinstance(layer, keras.Model):
+    return False
+  if isinstance(layer, keras.Sequential):
+    return getattr(layer, '_functional', None) is not None
+  return hasattr(layer, '_nodes_by_depth')
+
+
 def old_width(layer) -> int:
   return int(layer.units if isinstance(layer, L.Dense) else layer.filters)
 
 
-def layer_kinds(nodes) -> Dict[int, str]:
+def layer_kinds(node_list) -> Dict[int, str]:
+  """id(layer) -> kind, for the nodes given and (recursively) nested models."""
   kinds = {}
-  for node in nodes:
-    kinds.setdefault(id(node.operation), kind_of(node.operation, node))
+  for node in node_list:
+    layer = node.operation
+    if id(layer) in kinds:
+      continue
+    kinds[id(layer)] = kind_of(layer, node)
+    if kinds[id(layer)] == NESTED:
+      kinds.update(layer_kinds(nodes(functional_of(layer))))
   return kinds
 
 
+def all_layers(functional) -> List[Any]:
+  """Layers of `functional` and of its nested models (depth first), not ops."""
+  layers = []
+  for layer in functional.layers:
+    layers.append(layer)
+    if is_nested_model(layer):
+      layers.extend(all_layers(functional_of(layer)))
+  return layers
+
+
 def output_width_layers(functional, kinds) -> set:
+  """Width layers whose output channels are the outputs of `functional`."""
   found, seen = set(), set()
-  stack = list(functional.outputs)
+  # (tensor, {id(inner input tensor): outer tensor} of the enclosing nested calls)
+  stack = [(t, {}) for t in functional.outputs]
   while stack:
-    tensor = stack.pop()
+    tensor, outer = stack.pop()
     if id(tensor) in seen:
       continue
     seen.add(id(tensor))
+    if id(tensor) in outer:
+      stack.append((outer[id(tensor)], outer))
+      continue
     history = getattr(tensor, '_keras_history', None)
     layer = None if history is None else history.operation
     kind = None if layer is None else kinds.get(id(layer))
-    if kind == WIDTH:
+    if kind in (WIDTH, GROUPED):
       found.add(layer.name)
-    elif kind in (FOLLOW, MERGE, CONCAT, DEPTHWISE):
+    elif kind in PASS_KINDS or kind == NESTED:
       node = layer._inbound_nodes[history.node_index]
-      stack.extend(node.arguments.keras_tensors)
+      arguments = list(node.arguments.keras_tensors)
+      if kind == NESTED:
+        inner = functional_of(layer)
+        mapping = dict(outer)
+        mapping.update({id(t): a for t, a in zip(inner.inputs, arguments)})
+        stack.append((inner.outputs[history.tensor_index], mapping))
+      else:
+        stack.extend((t, outer) for t in arguments)
   return found
-

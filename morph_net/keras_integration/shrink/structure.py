@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Mapping, Tuple, Union
 
-import keras
 import numpy as np
 from absl import logging
 
@@ -13,7 +12,9 @@ from morph_net.framework import generic_regularizers
 from morph_net.keras_integration import layer_structure
 from morph_net.keras_integration import structure_io
 from morph_net.keras_integration.shrink import channels as channels_lib
+from morph_net.keras_integration.shrink import custom
 from morph_net.keras_integration.shrink import graph
+from morph_net.keras_integration.shrink import grouped
 
 StructureLike = Union[str, 'os.PathLike[str]', Mapping[str, Any],
                       generic_regularizers.NetworkRegularizer]
@@ -61,15 +62,40 @@ def resolve(model, structure) -> Tuple[Dict[str, Any], str]:
       f'from_keras_model. Received: structure of type {type(structure).__name__}.')
 
 def check(model, functional, structure, origin, kinds) -> Dict[str, Any]:
-  """Checks keys and mask lengths; returns the width entries (no depthwise keys)."""
-  layers = {layer.name: layer for layer in functional.layers}
+  """Checks keys and mask lengths; returns the width entries (no depthwise keys).
+
+  Keys may name layers of nested functional / Sequential models, and inner
+  layers of custom layers whose class has a registered rebuild function
+  (`custom.register_layer_rebuilder`); an inner layer of any other custom
+  layer is an error naming that layer and the hook.
+  """
+  all_layers = graph.all_layers(functional)
+  layers = {layer.name: layer for layer in all_layers}
+  owners = {}
+  for layer in all_layers:
+    if graph.is_nested_model(layer):
+      continue
+    for inner in custom.inner_layers(layer):
+      owners.setdefault(inner.name, layer)
   pinned = graph.output_width_layers(functional, kinds)
   unknown, widths = [], {}
   for key, value in structure.items():
+    if key not in layers and key in owners:
+      owner = owners[key]
+      if custom.rebuilder_of(owner) is None:
+        raise ValueError(
+            f'The {origin} sets a width for layer {key!r}, which is inside layer '
+            f'{owner.name!r} ({type(owner).__name__}), a custom layer: shrink_model '
+            f'does not know how its config maps to its sublayers. '
+            f'{custom.hook_hint(owner)}')
+      widths[key] = value
+      continue
     if key.endswith(structure_io.DEPTHWISE_SUFFIX) and key not in layers:
       base = key[:-len(structure_io.DEPTHWISE_SUFFIX)]
       layer = layers.get(base)
       if layer is None:
+        if base in owners:
+          continue  # The depthwise part of an inner layer: follows its input.
         unknown.append(key)
       elif not isinstance(layer, graph.DEPTHWISE_LAYERS + graph.SEPARABLE_LAYERS):
         raise ValueError(
@@ -82,7 +108,8 @@ def check(model, functional, structure, origin, kinds) -> Dict[str, Any]:
     if layer is None:
       unknown.append(key)
       continue
-    if kinds.get(id(layer)) != graph.WIDTH:
+    kind = kinds.get(id(layer))
+    if kind not in (graph.WIDTH, graph.GROUPED):
       hint = ''
       if isinstance(layer, graph.DEPTHWISE_LAYERS):
         hint = (' Its width is C_in * depth_multiplier and follows its input; key '
@@ -98,11 +125,19 @@ def check(model, functional, structure, origin, kinds) -> Dict[str, Any]:
           f'The mask of layer {key!r} in the {origin} has {len(value)} entries, but '
           f'the layer has {graph.old_width(layer)} channels. Masks must come from the '
           'same model.')
+    if kind == graph.GROUPED:
+      in_width = tuple(layer._inbound_nodes[0].arguments.keras_tensors[0].shape)[-1]
+      if not grouped.is_depthwise_like(layer, in_width):
+        if isinstance(value, np.ndarray):
+          grouped.check_mask(layer, value, origin)
+        else:
+          grouped.check_width(layer, int(value), 'output', origin)
     if key in pinned:
       if not channels_lib.unchanged(value, graph.old_width(layer)):
         logging.warning(
             'Layer %r produces the output of model %r: its width stays %d (the %s '
-            'gives %d).', key, model.name, graph.old_width(layer), origin, channels_lib.width_of(value))
+            'gives %d).', key, model.name, graph.old_width(layer), origin,
+            channels_lib.width_of(value))
       continue
     widths[key] = value
   if unknown:
@@ -115,17 +150,7 @@ def _unknown_layers_message(model, functional, unknown, origin) -> str:
   message = (f'The {origin} names {len(unknown)} layer(s) that are not in model '
              f'{model.name!r}: {sorted(unknown)[:10]}. Layers of the model: '
              f'{names[:30]}{" ..." if len(names) > 30 else ""}.')
-  nested = {}
-  for layer in functional.layers:
-    if isinstance(layer, keras.Model):
-      for inner in layer._flatten_layers(include_self=False, recursive=True):
-        nested[inner.name] = layer.name
-  inside = [k for k in unknown if k in nested]
-  if inside:
-    message += (f' {inside[:5]} are layers of nested model(s) '
-                f'{sorted({nested[k] for k in inside})}: resizing layers inside a nested '
-                'model is not supported; flatten the model first.')
-  elif any('/' in k for k in unknown):
+  if any('/' in k for k in unknown):
     message += (' Keys must be Keras layer names (export with key_by="layer"), not '
                 'graph op names.')
   return message

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from morph_net.keras_integration.shrink import graph
+from morph_net.keras_integration.shrink import grouped
 
 
 def transfer_layer(old_layer, new_layer, in_mask, out_mask) -> None:
   """Copies the surviving channels' weights of `old_layer` into `new_layer`."""
+  if not hasattr(old_layer, 'get_weights'):
+    return  # A keras.ops Operation: no weights.
   old_values = [np.asarray(v) for v in old_layer.get_weights()]
   if not old_values:
     return
@@ -47,6 +50,10 @@ def _slice_weight(layer, name, value, in_mask, out_mask) -> np.ndarray:
   if isinstance(layer, graph.TRANSPOSE_LAYERS):
     if name == 'kernel':  # (*k, out, in)
       return _take(_take(value, -2, out_mask), -1, in_mask)
+    return _take(value, -1, out_mask)
+  if isinstance(layer, graph.WIDTH_LAYERS) and grouped.groups_of(layer) > 1:
+    if name == 'kernel':  # (*k, C_in / groups, out)
+      return grouped.slice_kernel(layer, value, in_mask, out_mask)
     return _take(value, -1, out_mask)
   if isinstance(layer, graph.WIDTH_LAYERS):
     if name == 'kernel':  # (*k, in, out) or (in, out)
