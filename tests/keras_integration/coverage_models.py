@@ -49,7 +49,7 @@ class Case:
 _APPLICATION_SIZES = {'InceptionV3': 75, 'InceptionResNetV2': 75, 'Xception': 71}
 _APPLICATION_NEEDS = {
     # ConvNeXt: pointwise Dense layers on feature maps; LayerNorm after depthwise.
-    'ConvNeXt': 'Dense on rank > 2',
+    'ConvNeXt': 'grouped convolutions (depthwise as groups=C); Dense on rank > 2',
     # SE blocks: GlobalAveragePooling2D -> Reshape((1, 1, C)) -> Conv2D.
     'EfficientNetV2': 'Reshape keeping the channel axis',
     'EfficientNetB': 'Reshape keeping the channel axis',

@@ -164,8 +164,9 @@ def check_case(case: coverage_models.Case) -> dict:
   gamma = uses_gamma(model)
   flops_reg, size_reg = regularizers(model, case.input_shape, gamma)
   expected_flops, expected_size = cost_count.flops(model), cost_count.model_size(model)
-  assert float(flops_reg.get_cost()) == pytest.approx(expected_flops, rel=1e-6)
-  assert float(size_reg.get_cost()) == pytest.approx(expected_size, rel=1e-6)
+  cost, size = float(flops_reg.get_cost()), float(size_reg.get_cost())
+  assert cost == pytest.approx(expected_flops, rel=1e-6), ('FLOPs', cost, expected_flops)
+  assert size == pytest.approx(expected_size, rel=1e-6), ('model size', size, expected_size)
 
   seed = zlib.crc32(case.name.encode())
   kill_channels(model, seed, gamma)
@@ -175,9 +176,12 @@ def check_case(case: coverage_models.Case) -> dict:
   reduced = shrink.shrink_model(model, flops_reg, transfer_weights=True)
 
   reduced_flops, reduced_size = cost_count.flops(reduced), cost_count.model_size(reduced)
-  assert predicted_flops == pytest.approx(reduced_flops, rel=1e-6)
-  assert predicted_size == pytest.approx(reduced_size, rel=1e-6)
-  assert reduced.count_params() < model.count_params()
+  assert predicted_flops == pytest.approx(reduced_flops, rel=1e-6), (
+      'FLOPs with dead channels', predicted_flops, reduced_flops)
+  assert predicted_size == pytest.approx(reduced_size, rel=1e-6), (
+      'model size with dead channels', predicted_size, reduced_size)
+  assert reduced.count_params() < model.count_params(), (
+      'parameters', reduced.count_params(), model.count_params())
   pinned = set(shrink.output_width_layers(model))
   reduced_layers = {layer.name: layer for layer in _layers(reduced)}
   for name, mask in masks.items():

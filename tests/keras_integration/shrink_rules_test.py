@@ -431,3 +431,18 @@ def test_grouped_conv_with_groups_equal_to_the_input_is_depthwise():
   assert (new.groups, new.filters) == (3, 6)
   assert tuple(new.kernel.shape) == (3, 3, 1, 6)
   _same_outputs(model, reduced, (5, 5, 3), rng)
+
+
+def test_nested_model_called_on_inputs_with_different_channels_is_an_error():
+  inner_input = keras.Input((4, 4, 6))
+  inner = keras.Model(inner_input, L.Conv2D(2, 1, name='inner_conv')(inner_input),
+                      name='shared')
+  image = keras.Input((4, 4, 3))
+  a = L.Conv2D(6, 1, name='a')(image)
+  b = L.Conv2D(6, 1, name='b')(image)
+  model = keras.Model(image, L.Concatenate(name='cat')([inner(a), inner(b)]))
+  reduced = shrink.shrink_model(model, {'a': 4, 'b': 4})
+  assert reduced.get_layer('shared').get_layer('inner_conv').kernel.shape[2] == 4
+  with pytest.raises(ValueError, match=r"Nested model 'shared' is called more than once, "
+                                       r"on inputs that would get different channels"):
+    shrink.shrink_model(model, {'a': 4, 'b': 5})
