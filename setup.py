@@ -37,7 +37,7 @@ setuptools.setup(
     extras_require={
         # `morphnet demo`: scikit-learn ships the digits data, matplotlib draws the plots.
         "demo": ["scikit-learn", "matplotlib"],
-        "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib"],
+        "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib", "keras-hub"],
     },
     entry_points={"console_scripts": ["morphnet = morph_net.cli.main:main"]},
     license="Apache 2.0",
