@@ -78,17 +78,18 @@ def application_names():
 # keras-hub backbones (constructor arguments, small sizes)
 
 
-def _hub(cls_name: str, needs: str = '', size: int = 32, **kwargs) -> Case:
+def _hub(cls_name: str, needs: str = '', size: int = 32, shape_arg: str = 'image_shape',
+         **kwargs) -> Case:
   def build():
     import keras_hub  # pylint: disable=g-import-not-at-top
-    return getattr(keras_hub.models, cls_name)(image_shape=(size, size, 3), **kwargs)
+    return getattr(keras_hub.models, cls_name)(**{shape_arg: (size, size, 3)}, **kwargs)
   return Case(f'keras_hub.{cls_name}', 'keras-hub', build, (size, size, 3), needs)
 
 
 def _hub_resnet(**kwargs):
   import keras_hub  # pylint: disable=g-import-not-at-top
   defaults = dict(input_conv_filters=[16], input_conv_kernel_sizes=[3],
-                  stackwise_num_filters=[16, 32, 32], stackwise_num_blocks=[1, 1, 1],
+                  stackwise_num_filters=[64, 32, 32], stackwise_num_blocks=[1, 1, 1],
                   stackwise_num_strides=[1, 2, 2], block_type='basic_block',
                   image_shape=(32, 32, 3))
   defaults.update(kwargs)
@@ -104,10 +105,12 @@ def _hub_deeplab():
 
 
 KERAS_HUB_CASES = [
-    _hub('CSPNetBackbone', 'channel split; grouped convolutions', stem_filters=16,
-         stem_kernel_size=3, stem_strides=2, stackwise_depth=[1, 1],
-         stackwise_strides=[1, 2], stackwise_num_filters=[16, 32], block_type='dark_block',
-         stage_type='csp'),
+    # A CSPDarkNet-53-like configuration (timm's cspdarknet53 ratios), 2 stages.
+    _hub('CSPNetBackbone', 'channel split', stem_filters=16, stem_kernel_size=3,
+         stem_strides=2, stackwise_depth=[1, 1], stackwise_strides=[1, 2],
+         stackwise_num_filters=[16, 32], block_type='dark_block', stage_type='csp',
+         expand_ratio=[2.0, 1.0], bottle_ratio=[0.5, 1.0], block_ratio=[1.0, 0.5],
+         down_growth=True),
     _hub('DenseNetBackbone', stackwise_num_repeats=[2, 2], growth_rate=8),
     _hub('EfficientNetBackbone', 'Reshape keeping the channel axis',
          stackwise_width_coefficients=[1.0] * 3, stackwise_depth_coefficients=[1.0] * 3,
@@ -116,7 +119,7 @@ KERAS_HUB_CASES = [
          stackwise_expansion_ratios=[1, 4, 4],
          stackwise_squeeze_and_excite_ratios=[0.0, 0.0, 0.25],
          stackwise_strides=[1, 2, 2], stackwise_block_types=['fused', 'fused', 'unfused'],
-         num_features=64),
+         num_features=64, shape_arg='input_shape'),
     _hub('HGNetV2Backbone', 'grouped convolutions', depths=[1, 1], embedding_size=16,
          hidden_sizes=[32, 64], stem_channels=[3, 8, 16], hidden_act='relu',
          use_learnable_affine_block=False,
@@ -133,7 +136,7 @@ KERAS_HUB_CASES = [
     Case('keras_hub.ResNetBackbone', 'keras-hub', _hub_resnet, (32, 32, 3)),
     Case('keras_hub.ResNetBackbone(v2, bottleneck)', 'keras-hub',
          lambda: _hub_resnet(block_type='bottleneck_block', use_pre_activation=True,
-                             stackwise_num_filters=[8, 16, 16]), (32, 32, 3)),
+                             stackwise_num_filters=[64, 16, 16]), (32, 32, 3)),
     _hub('VGGBackbone', stackwise_num_repeats=[1, 2], stackwise_num_filters=[8, 16]),
     _hub('XceptionBackbone', stackwise_conv_filters=[[8, 16], [16, 32], [32, 32]],
          stackwise_pooling=[True, True, False], size=71),

@@ -17,7 +17,9 @@ CSP / grouped-conv models):
      reduced network, the model `shrink_model(..., transfer_weights=True)`
      builds; its outputs equal the original's (inference mode, rel 1e-4); its
      parameter count drops; each kept width layer has as many channels as its
-     exported alive mask says.
+     exported alive mask says. The channels of the model's outputs (a
+     backbone's feature map, between its last width layers and its outputs)
+     are never killed: shrink_model keeps the output shape.
 
 Marked slow: `python -m pytest -q -m slow tests/keras_integration/coverage_test.py`.
 """
@@ -115,16 +117,40 @@ def _feeds_only_convolutions(layer) -> bool:
   return True
 
 
+def _output_channel_layers(model) -> set:
+  """Names of the layers between the last width layers and the model outputs.
+
+  Their channels are the model's output channels, which shrink_model keeps (a
+  backbone's feature map keeps its shape), so they are never killed.
+  """
+  names, seen = set(), set()
+  stack = list(model.outputs)
+  while stack:
+    tensor = stack.pop()
+    history = getattr(tensor, '_keras_history', None)
+    if history is None or id(tensor) in seen:
+      continue
+    seen.add(id(tensor))
+    layer = history.operation
+    names.add(layer.name)
+    if isinstance(layer, _PLAIN_WIDTH + (L.SeparableConv1D, L.SeparableConv2D,
+                                        L.Conv2DTranspose, keras.Model)):
+      continue
+    node = layer._inbound_nodes[history.node_index]
+    stack.extend(node.arguments.keras_tensors)
+  return names
+
+
 def kill_channels(model, seed: int, gamma: bool) -> None:
   """Sets the seeded dead-channel pattern (see the module doc)."""
   pattern = _Pattern(seed)
   rng = np.random.default_rng(seed)
-  pinned = set(shrink.output_width_layers(model))
+  pinned = set(shrink.output_width_layers(model)) | _output_channel_layers(model)
   for layer in _layers(model):
     if not isinstance(layer, L.BatchNormalization) or not layer._inbound_nodes:
       continue
     c = int(layer.moving_mean.shape[0])
-    dead = pattern.dead(c)
+    dead = pattern.dead(c) & (layer.name not in pinned)
     layer.moving_mean.assign(rng.normal(scale=0.1, size=c).astype('float32'))
     layer.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype('float32'))
     if layer.scale:
