@@ -34,12 +34,17 @@ class Case:
     build: builds the model (fresh weights).
     input_shape: one input, without the batch dimension.
     needs: analysis features of issue 11 this model relies on ('' if none).
+    shrink_rejected: '' if shrink_model must rebuild it; else the reason it
+      is rejected by design (its custom layers derive inner widths from
+      ratios, so no config expresses arbitrary learned widths): shrink_model
+      must then raise a ValueError naming the layer and the registration hook.
   """
   name: str
   source: str
   build: Callable[[], keras.Model]
   input_shape: Tuple[int, ...]
   needs: str = ''
+  shrink_rejected: str = ''
 
 
 # ---------------------------------------------------------------------------
@@ -79,11 +84,12 @@ def application_names():
 
 
 def _hub(cls_name: str, needs: str = '', size: int = 32, shape_arg: str = 'image_shape',
-         **kwargs) -> Case:
+         rejected: str = '', **kwargs) -> Case:
   def build():
     import keras_hub  # pylint: disable=g-import-not-at-top
     return getattr(keras_hub.models, cls_name)(**{shape_arg: (size, size, 3)}, **kwargs)
-  return Case(f'keras_hub.{cls_name}', 'keras-hub', build, (size, size, 3), needs)
+  return Case(f'keras_hub.{cls_name}', 'keras-hub', build, (size, size, 3), needs,
+              rejected)
 
 
 def _hub_resnet(**kwargs):
@@ -113,6 +119,8 @@ KERAS_HUB_CASES = [
          down_growth=True),
     _hub('DenseNetBackbone', stackwise_num_repeats=[2, 2], growth_rate=8),
     _hub('EfficientNetBackbone', 'Reshape keeping the channel axis',
+         rejected='custom layers MBConvBlock / FusedMBConvBlock: inner widths are '
+         'input_filters * expand_ratio and a squeeze ratio',
          stackwise_width_coefficients=[1.0] * 3, stackwise_depth_coefficients=[1.0] * 3,
          stackwise_kernel_sizes=[3, 3, 3], stackwise_num_repeats=[1, 2, 1],
          stackwise_input_filters=[16, 16, 24], stackwise_output_filters=[16, 24, 32],
@@ -120,12 +128,17 @@ KERAS_HUB_CASES = [
          stackwise_squeeze_and_excite_ratios=[0.0, 0.0, 0.25],
          stackwise_strides=[1, 2, 2], stackwise_block_types=['fused', 'fused', 'unfused'],
          num_features=64, shape_arg='input_shape'),
-    _hub('HGNetV2Backbone', 'grouped convolutions', depths=[1, 1], embedding_size=16,
+    _hub('HGNetV2Backbone', 'grouped convolutions',
+         rejected='custom layers HGNetV2Embeddings / HGNetV2Stage hold every conv; '
+         'their configs give per-stage widths, not per-layer ones',
+         depths=[1, 1], embedding_size=16,
          hidden_sizes=[32, 64], stem_channels=[3, 8, 16], hidden_act='relu',
          use_learnable_affine_block=False,
          stackwise_stage_filters=[(16, 8, 32, 1, 2, 3), (32, 16, 64, 1, 2, 3)],
          apply_downsample=[False, True], use_lightweight_conv_block=[False, True]),
-    _hub('MobileNetBackbone', 'Reshape keeping the channel axis',
+    _hub('MobileNetBackbone', 'grouped convolutions; Reshape keeping the channel axis',
+         rejected='custom layers (InvertedResidualBlock, ConvBnActBlock, '
+         'SqueezeAndExcite2D) derive inner widths from expansion and squeeze ratios',
          stackwise_expansion=[[32, 48], [64]], stackwise_num_blocks=[2, 1],
          stackwise_num_filters=[[16, 16], [24]], stackwise_kernel_size=[[3, 3], [5]],
          stackwise_num_strides=[[2, 1], [2]], stackwise_se_ratio=[[None, None], [0.25]],

@@ -13,7 +13,10 @@ CSP / grouped-conv models):
      of a tensor of width C repeats a per-width random base of period 8, so
      channels tied by residual Adds (same width) and the positions tied by
      grouped convolutions (group sizes multiple of 8) die together;
-  3. `get_cost()` (FLOPs and model size) equals the independent count of the
+  3. (models whose custom layers cannot express learned widths, by design:
+     `Case.shrink_rejected`) shrink_model raises a ValueError naming the layer
+     and `register_layer_rebuilder`; for every other model:
+     `get_cost()` (FLOPs and model size) equals the independent count of the
      reduced network, the model `shrink_model(..., transfer_weights=True)`
      builds; its outputs equal the original's (inference mode, rel 1e-4); its
      parameter count drops; each kept width layer has as many channels as its
@@ -199,6 +202,11 @@ def check_case(case: coverage_models.Case) -> dict:
   flops_reg, size_reg = regularizers(model, case.input_shape, gamma)
   predicted_flops, predicted_size = float(flops_reg.get_cost()), float(size_reg.get_cost())
   masks = shrink.channel_masks(flops_reg)
+  if case.shrink_rejected:
+    with pytest.raises(ValueError, match=r'\(\w+\).*register_layer_rebuilder'):
+      shrink.shrink_model(model, flops_reg, transfer_weights=True)
+    return dict(regularizer='Gamma' if gamma else 'GroupLasso', flops=expected_flops,
+                size=expected_size, rejected=case.shrink_rejected)
   reduced = shrink.shrink_model(model, flops_reg, transfer_weights=True)
 
   reduced_flops, reduced_size = cost_count.flops(reduced), cost_count.model_size(reduced)

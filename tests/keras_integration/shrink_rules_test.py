@@ -235,6 +235,9 @@ def test_custom_layer_without_a_rebuilder_names_the_layer_and_the_hook():
   with pytest.raises(ValueError, match=r"'block_expand', which is inside layer 'block' "
                                        r"\(_Block\).*register_layer_rebuilder"):
     shrink.shrink_model(model, {'block_expand': 2})
+  # An inner layer keeping its width (e.g. every channel alive) needs no rebuilder.
+  rebuilt = shrink.shrink_model(model, {'block_expand': [True] * 4, 'stem': [True] * 6})
+  assert rebuilt.get_layer('block').inner == 4
 
 
 def test_custom_layer_with_a_registered_rebuilder():

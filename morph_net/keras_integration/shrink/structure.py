@@ -82,13 +82,17 @@ def check(model, functional, structure, origin, kinds) -> Dict[str, Any]:
   for key, value in structure.items():
     if key not in layers and key in owners:
       owner = owners[key]
-      if custom.rebuilder_of(owner) is None:
+      inner = next(x for x in custom.inner_layers(owner) if x.name == key)
+      if custom.rebuilder_of(owner) is None and not (
+          isinstance(inner, graph.WIDTH_LAYERS)
+          and channels_lib.unchanged(value, graph.old_width(inner))):
         raise ValueError(
             f'The {origin} sets a width for layer {key!r}, which is inside layer '
             f'{owner.name!r} ({type(owner).__name__}), a custom layer: shrink_model '
             f'does not know how its config maps to its sublayers. '
             f'{custom.hook_hint(owner)}')
-      widths[key] = value
+      if custom.rebuilder_of(owner) is not None:
+        widths[key] = value
       continue
     if key.endswith(structure_io.DEPTHWISE_SUFFIX) and key not in layers:
       base = key[:-len(structure_io.DEPTHWISE_SUFFIX)]
