@@ -18,7 +18,8 @@ between batch and channels; K: kernel taps; g: groups; m: depth multiplier;
 R: rows of a Dense, the product of its input's dims between batch and channels
 (1 for a rank-2 input). Biases and normalization parameters are not counted
 (MorphNet's model size counts kernel weights). Layers are found recursively
-inside nested models and custom layers. A layer with a kernel that is not in
+inside nested models and custom layers (whose inner layers record no call node:
+their shapes come from one eager run of the model on zeros). A layer with a kernel that is not in
 the table raises a ValueError (never a silent 0).
 """
 
@@ -28,6 +29,7 @@ import math
 from typing import Dict, Iterator, Sequence, Tuple
 
 import keras
+import numpy as np
 
 L = keras.layers
 _CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
@@ -44,6 +46,8 @@ def _positions(shape: Sequence) -> int:
 
 
 def _shapes(layer) -> Tuple[tuple, tuple]:
+  if id(layer) in _RECORDED:
+    return _RECORDED[id(layer)]
   node = layer._inbound_nodes[0]
   inputs = node.arguments.keras_tensors
   if len(inputs) != 1:
@@ -83,13 +87,55 @@ def layer_costs(layer) -> Tuple[int, int]:
   return 0, 0
 
 
+# id(layer) -> (input shape, output shape) of layers called inside custom layers,
+# which record no call node: found by running the model once (see `_record`).
+_RECORDED: Dict[int, Tuple[tuple, tuple]] = {}
+_COSTED = _CONV + _TRANSPOSE + _DEPTHWISE + _SEPARABLE
+
+
+def _record(model) -> None:
+  """Records the call shapes of costed layers that have no call node.
+
+  Layers called inside a custom layer's `call` record no node in Keras 3: each
+  such layer's `call` is wrapped for one eager run of `model` on zeros
+  (batch 1, the static shapes of `model.inputs`).
+  """
+  missing = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, _COSTED + (L.Dense,)) and not layer._inbound_nodes
+             and id(layer) not in _RECORDED]
+  if not missing:
+    return
+  originals = {}
+
+  def wrap(layer):
+    original = layer.call
+
+    def call(inputs, *args, **kwargs):
+      outputs = original(inputs, *args, **kwargs)
+      _RECORDED[id(layer)] = ((None,) + tuple(inputs.shape)[1:],
+                              (None,) + tuple(outputs.shape)[1:])
+      return outputs
+    return original, call
+
+  for layer in missing:
+    originals[id(layer)], layer.call = wrap(layer)
+  try:
+    inputs = [np.zeros((1,) + tuple(t.shape)[1:], dtype='float32') for t in model.inputs]
+    model(inputs if len(inputs) > 1 else inputs[0], training=False)
+  finally:
+    for layer in missing:
+      del layer.call  # back to the class's method
+      del originals[id(layer)]
+
+
 def _leaves(model) -> Iterator:
+  _record(model)
   seen = set()
   for layer in model._flatten_layers(include_self=False, recursive=True):
-    if id(layer) in seen or not layer._inbound_nodes:
+    if id(layer) in seen or not (layer._inbound_nodes or id(layer) in _RECORDED):
       continue
     seen.add(id(layer))
-    if isinstance(layer, _CONV + _TRANSPOSE + _DEPTHWISE + _SEPARABLE + (L.Dense,)):
+    if isinstance(layer, _COSTED + (L.Dense,)):
       yield layer
     elif not list(layer._flatten_layers(include_self=False, recursive=False)):
       yield layer  # a leaf of another type: 0, or an error if it holds a kernel

@@ -94,7 +94,7 @@ def _hub(cls_name: str, needs: str = '', size: int = 32, shape_arg: str = 'image
 
 def _hub_resnet(**kwargs):
   import keras_hub  # pylint: disable=g-import-not-at-top
-  defaults = dict(input_conv_filters=[16], input_conv_kernel_sizes=[3],
+  defaults = dict(input_conv_filters=[64], input_conv_kernel_sizes=[3],
                   stackwise_num_filters=[64, 32, 32], stackwise_num_blocks=[1, 1, 1],
                   stackwise_num_strides=[1, 2, 2], block_type='basic_block',
                   image_shape=(32, 32, 3))
