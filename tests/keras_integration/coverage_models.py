@@ -59,6 +59,8 @@ _APPLICATION_NEEDS = {
     'EfficientNetV2': 'Reshape keeping the channel axis',
     'EfficientNetB': 'Reshape keeping the channel axis',
     'MobileNetV3': 'Reshape keeping the channel axis',
+    # Flatten of the 1x1x512 map before fc1 (a Reshape keeping the channel axis).
+    'VGG': 'Reshape keeping the channel axis',
 }
 
 
