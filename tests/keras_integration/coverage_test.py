@@ -61,8 +61,7 @@ def _layers(model):
 
 def _gamma_bns(model):
   return [layer for layer in _layers(model)
-          if isinstance(layer, L.BatchNormalization) and layer.scale
-          and layer._inbound_nodes]
+          if isinstance(layer, L.BatchNormalization) and layer.scale and layer.built]
 
 
 def uses_gamma(model) -> bool:
@@ -150,8 +149,8 @@ def kill_channels(model, seed: int, gamma: bool) -> None:
   rng = np.random.default_rng(seed)
   pinned = set(shrink.output_width_layers(model)) | _output_channel_layers(model)
   for layer in _layers(model):
-    if not isinstance(layer, L.BatchNormalization) or not layer._inbound_nodes:
-      continue
+    if not isinstance(layer, L.BatchNormalization) or not layer.built:
+      continue  # (BNs inside custom layers record no call node: not required.)
     c = int(layer.moving_mean.shape[0])
     dead = pattern.dead(c) & (layer.name not in pinned)
     layer.moving_mean.assign(rng.normal(scale=0.1, size=c).astype('float32'))
