@@ -13,9 +13,16 @@ input width; DepthwiseConv1D/2D (and the depthwise part of a separable conv)
 outputs `C_in * depth_multiplier` channels: its depth multiplier is kept and its
 width follows its input, so a `<layer>/depthwise` key of a structure is
 accepted and ignored; Concatenate (channel axis) sums its inputs; Flatten
-multiplies by the number of spatial positions. Layers whose config fixes a
-shape (Reshape, Permute, nested models, unknown layers holding weights) must
-see an unchanged input width, else a ValueError names them. Width layers not
+(and a Reshape to a flat vector) multiplies by the number of spatial positions;
+a Reshape keeping the channel axis (squeeze-and-excitation) gets the new width
+in its `target_shape`; a channel split (`keras.ops.split`) slices its input;
+a grouped convolution keeps the same positions in every group (`grouped`);
+raw `keras.ops` calls on symbolic tensors (`Operation` nodes) are rebuilt as
+fresh operations (`operations`); nested functional / Sequential models are
+rebuilt recursively; custom layer classes use the rebuild function registered
+with `register_layer_rebuilder` (`custom`). Layers whose config fixes a shape
+(Permute, other Reshapes, unknown layers holding weights) must see an
+unchanged input width, else a ValueError names them. Width layers not
 in the structure keep their width, and so do the width layers that produce the
 model's outputs (e.g. the classifier: `output_width_layers`).
 
