@@ -242,8 +242,20 @@ def grouped_block() -> keras.Model:
   return keras.Model(image, L.Dense(4, name='logits')(x), name='grouped_block')
 
 
+def nested_backbone() -> keras.Model:
+  """A keras.applications backbone nested in a model with a head: Model(backbone(x))."""
+  backbone = keras.applications.MobileNetV2(weights=None, include_top=False,
+                                            input_shape=(32, 32, 3), alpha=0.35)
+  image = keras.Input((32, 32, 3), name='image')
+  x = backbone(image)
+  x = _cbr(x, 32, 1, 'head_conv')
+  x = L.GlobalAveragePooling2D(name='head_pool')(x)
+  return keras.Model(image, L.Dense(4, name='logits')(x), name='nested_backbone')
+
+
 HAND_WRITTEN_CASES = [
     Case('U-Net', 'hand-written', unet, (32, 32, 3)),
+    Case('nested backbone + head', 'hand-written', nested_backbone, (32, 32, 3)),
     Case('Conv1D audio (dilated)', 'hand-written', audio_conv1d, (64, 1), 'Conv1D'),
     Case('MLP with BN', 'hand-written', mlp_bn, (20,)),
     Case('pointwise-Dense block', 'hand-written', pointwise_dense, (8, 8, 3),
