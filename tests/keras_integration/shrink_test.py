@@ -313,10 +313,10 @@ def test_unbuilt_sequential_is_rejected():
     shrink.shrink_model(keras.Sequential([L.Dense(3, name='d')]), {'d': 2})
 
 
-def test_reshape_after_a_reduced_layer_is_rejected():
+def test_reshape_mixing_channels_and_positions_is_rejected():
   image = keras.Input((4, 4, 3))
   x = _conv_bn_relu(image, 4, 1, 'c')
-  x = L.Reshape((16 * 4,), name='reshape')(x)
+  x = L.Reshape((8, 8), name='reshape')(x)  # 4*4*4 = 8*8: channels mixed with positions.
   model = keras.Model(image, L.Dense(2)(x))
   with pytest.raises(ValueError, match=r"Layer 'reshape' \(Reshape\) cannot follow a change "
                                        r"of its input width from \[4\] to \[2\]"):
