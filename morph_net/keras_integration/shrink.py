@@ -62,6 +62,7 @@ import numpy as np
 from absl import logging
 
 from morph_net.framework import generic_regularizers
+from morph_net.keras_integration import constant_folding
 from morph_net.keras_integration import layer_structure
 from morph_net.keras_integration import structure_io
 from morph_net.probabilistic_gating import activation_gating
@@ -556,6 +557,7 @@ def rebuild(model: keras.Model, structure: StructureLike, *, transfer_weights: b
     for layer_id, (old_layer, new_layer) in builder.layer_pairs.items():
       in_mask, out_mask = builder.layer_masks[layer_id]
       _transfer_layer(old_layer, new_layer, in_mask, out_mask)
+    constant_folding.fold_removed_constants(model, new_model, final_masks)
   return RebuildResult(model=new_model, widths=builder.new_widths,
                        vanished_layers=builder.vanished_layers,
                        removed_merges=builder.removed_merges)
