@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
@@ -74,8 +74,8 @@ def recalibrate_batch_norm(model: keras.Model, data: Any, steps: Optional[int] =
   batches = _batches(data, steps, batch_size)
   counts: Dict[str, int] = {}
   for level in sorted(levels):
-    layers = levels[level]
-    probe = keras.Model(graph._inputs_struct, [layer.input for layer in layers])  # pylint: disable=protected-access
+    layers = [layer for layer, _ in levels[level]]
+    probe = keras.Model(graph._inputs_struct, [t for _, t in levels[level]])  # pylint: disable=protected-access
     stats = [_Moments() for _ in layers]
     for x in batches:
       outputs = probe(x, training=False)
@@ -151,24 +151,27 @@ def _axis(layer, rank: int) -> int:
   return axis % rank
 
 
-def _bn_levels(graph) -> Dict[int, List[Any]]:
-  """BN layers grouped by their BN depth (see the module doc)."""
+def _bn_levels(graph) -> Dict[int, List[Tuple[Any, Any]]]:
+  """(BN layer, its input tensor) grouped by BN depth (see the module doc)."""
   depth: Dict[int, int] = {id(t): 0 for t in graph.inputs}
-  levels: Dict[int, List[Any]] = {}
+  levels: Dict[int, List[Tuple[Any, Any]]] = {}
+  seen: Dict[int, int] = {}
   for key in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
     for node in graph._nodes_by_depth[key]:  # pylint: disable=protected-access
       layer = node.operation
       if layer is None or node.is_input:
         continue
-      level = max((depth.get(id(t), 0) for t in node.arguments.keras_tensors), default=0)
+      inputs = node.arguments.keras_tensors
+      level = max((depth.get(id(t), 0) for t in inputs), default=0)
       if isinstance(layer, L.BatchNormalization):
-        if len(layer._inbound_nodes) != 1:  # pylint: disable=protected-access
+        seen[id(layer)] = seen.get(id(layer), 0) + 1
+        if seen[id(layer)] > 1:
           raise ValueError(
-              f'BatchNormalization {layer.name!r} is called {len(layer._inbound_nodes)} '  # pylint: disable=protected-access
-              'times; its statistics would mix several inputs. Give each call its own '
-              'layer.')
+              f'BatchNormalization {layer.name!r} is called {seen[id(layer)]} times in '
+              'the model; its statistics would mix several inputs. Give each call its '
+              'own layer.')
         level += 1
-        levels.setdefault(level, []).append(layer)
+        levels.setdefault(level, []).append((layer, inputs[0]))
       for tensor in node.outputs:
         depth[id(tensor)] = level
   return levels

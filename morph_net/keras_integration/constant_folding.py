@@ -255,7 +255,9 @@ class _Folder:
     self._nodes = _nodes(functional)
     self._states: Dict[int, _State] = {}
     self._consumers: Dict[int, List[Any]] = {}
+    self._calls: Dict[int, int] = {}
     for node in self._nodes:
+      self._calls[id(node.operation)] = self._calls.get(id(node.operation), 0) + 1
       for tensor in node.arguments.keras_tensors:
         self._consumers.setdefault(id(tensor), []).append(node)
     self.adjustments: Dict[Tuple[str, str], np.ndarray] = {}
@@ -391,7 +393,7 @@ class _Folder:
     if not known.value.any():
       return
     where = f'layer {layer.name!r} ({type(layer).__name__})'
-    if len(layer._inbound_nodes) > 1:  # pylint: disable=protected-access
+    if self._calls[id(layer)] > 1:
       self._not_folded(known, f'{where}, which is called several times')
       return
     response = self._response(layer, known)
@@ -403,8 +405,7 @@ class _Folder:
     else:
       consumers = self._consumers.get(id(node.outputs[0]), [])
       bn = consumers[0].operation if len(consumers) == 1 else None
-      if bn is None or not _is_channel_bn(bn, node.outputs[0]) or len(
-          bn._inbound_nodes) > 1:  # pylint: disable=protected-access
+      if bn is None or not _is_channel_bn(bn, node.outputs[0]) or self._calls[id(bn)] > 1:
         self._not_folded(known, f'{where}, which has no bias and no BatchNormalization '
                          'right after it')
         return
@@ -499,7 +500,7 @@ class _Folder:
       if len(self._consumers.get(id(tensor), [])) != 1:
         continue
       producer = tensor._keras_history.operation  # pylint: disable=protected-access
-      if len(producer._inbound_nodes) != 1:  # pylint: disable=protected-access
+      if self._calls.get(id(producer)) != 1:
         continue
       if _is_channel_bn(producer, tensor) and getattr(producer, 'beta', None) is not None:
         weight = 'beta'

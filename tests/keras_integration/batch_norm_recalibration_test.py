@@ -77,7 +77,7 @@ def test_inference_after_recalibration_is_normalized():
   model, x = _two_bn_model(), _data()
   recalibration.recalibrate_batch_norm(model, x)
   bn1 = model.get_layer('bn1')
-  out = np.asarray(keras.Model(model.inputs, bn1.output)(x), np.float64)
+  out = np.asarray(keras.Model(model.input, bn1.output)(x), np.float64)
   np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), np.asarray(bn1.beta), atol=1e-4)
   var = x.astype(np.float64).var(axis=(0, 1, 2))
   np.testing.assert_allclose(out.std(axis=(0, 1, 2)),
@@ -105,7 +105,7 @@ def test_shared_bn_and_empty_data_rejected():
   inputs = keras.Input((3,))
   bn = L.BatchNormalization(name='shared')
   model = keras.Model(inputs, bn(L.Dense(3, name='mid')(bn(inputs))))
-  with pytest.raises(ValueError, match="'shared' is called 2 times"):
+  with pytest.raises(ValueError, match="'shared' is called 2 times in the model"):
     recalibration.recalibrate_batch_norm(model, np.zeros((4, 3), np.float32))
   with pytest.raises(ValueError, match='got no data'):
     recalibration.recalibrate_batch_norm(_two_bn_model(), iter([]))
