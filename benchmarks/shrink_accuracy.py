@@ -190,8 +190,12 @@ def main() -> None:
   parser.add_argument('--fine-tune-epochs', type=int, default=3)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--models', default='demo,resnet,sequential')
+  parser.add_argument('--border', default=constant_folding.DEFAULT_BORDER,
+                      choices=('interior', 'mean'),
+                      help="how 'same'-padded layers fold constants")
   parser.add_argument('--write', action='store_true', help='append to benchmarks/README.md')
   args = parser.parse_args()
+  constant_folding.DEFAULT_BORDER = args.border
   train, test = digits.load_digits(seed=args.seed)
   builders = {
       'demo': (lambda: demo.seed_model(32), 1.0),
@@ -202,7 +206,7 @@ def main() -> None:
   for name in args.models.split(','):
     build, multiplier = builders[name]
     keras.utils.set_random_seed(args.seed)
-    rows.append(measure(name, build(), train, test, args.epochs, multiplier,
+    rows.append(measure(f'{name} ({args.border})', build(), train, test, args.epochs, multiplier,
                         args.fine_tune_epochs, args.seed))
   if args.write:
     _append(rows, args)

@@ -80,6 +80,9 @@ _PADDING_LAYERS = (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D)
 _ELEMENTWISE_LAYERS = (L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Activation)
 _CROSS_CHANNEL_ACTIVATIONS = ('softmax', 'log_softmax')
 
+# How 'same'-padded layers fold constants (see fold_removed_constants).
+DEFAULT_BORDER = 'interior'
+
 # Status of a channel's value.
 _EXACT = 0     # known (up to float rounding)
 _DEAD = 1      # a removed channel's estimate (kernel taken as 0 / moving mean)
@@ -138,7 +141,8 @@ def _merge_sets(states, attribute) -> Set[str]:
 
 
 def fold_removed_constants(model: keras.Model, new_model: keras.Model,
-                           final_masks: Mapping[Any, np.ndarray]) -> FoldReport:
+                           final_masks: Mapping[Any, np.ndarray], *,
+                           border: Optional[str] = None) -> FoldReport:
   """Folds the constants of `model`'s removed channels into `new_model`.
 
   Args:
@@ -148,17 +152,23 @@ def fold_removed_constants(model: keras.Model, new_model: keras.Model,
     final_masks: the alive mask (bool, over the original channels) of every
       width layer, keyed by `id(layer)` (as `shrink.rebuild` plans them) or by
       layer name. Width layers absent keep every channel.
+    border: how a 'same'-padded layer folds a constant: 'interior' (exact
+      away from the border) or 'mean' (exact on average over the output
+      positions). Defaults to `DEFAULT_BORDER`.
 
   Returns:
     A FoldReport. Constants that cannot be folded are also logged as warnings.
   """
+  border = DEFAULT_BORDER if border is None else border
   functional = _functional_of(model)
   masks = {}
   for layer in functional.layers:
     mask = final_masks.get(id(layer), final_masks.get(layer.name))
     if mask is not None:
       masks[id(layer)] = np.asarray(mask, bool)
-  folder = _Folder(functional, masks)
+  if border not in ('interior', 'mean'):
+    raise ValueError(f"border must be 'interior' or 'mean'. Received: border={border!r}.")
+  folder = _Folder(functional, masks, border)
   folder.run()
   report = folder.report
   for (name, weight), delta in folder.adjustments.items():
@@ -249,7 +259,8 @@ def _has_border(layer) -> bool:
 class _Folder:
   """Forward walk over the original graph (see the module doc)."""
 
-  def __init__(self, functional, masks):
+  def __init__(self, functional, masks, border_mode):
+    self._border_mode = border_mode
     self._functional = functional
     self._masks = masks
     self._nodes = _nodes(functional)
@@ -313,7 +324,7 @@ class _Folder:
     elif isinstance(layer, _WIDTH_LAYERS):
       self._set(node, self._width_layer(node, layer, inputs, states[0], width))
     elif isinstance(layer, _DEPTHWISE_LAYERS):
-      self._set(node, self._depthwise(layer, states[0]))
+      self._set(node, self._depthwise(layer, inputs[0], states[0]))
     elif _is_channel_bn(layer, out):
       self._set(node, self._batch_norm(layer, states[0]))
     elif isinstance(layer, L.Flatten):
@@ -363,7 +374,7 @@ class _Folder:
     if state.vanished:
       # Everything feeding the layer was removed: its output is the layer applied
       # to the (constant) input, and it is removed in turn.
-      response = self._response(layer, state)
+      response = self._response(layer, inputs[0], state)
       out = _State(np.zeros(width, bool), bias.copy(), state.status.max(initial=0)
                    * np.ones(width, np.int8), set(state.origins), set(state.via),
                    set(state.border))
@@ -396,7 +407,7 @@ class _Folder:
     if self._calls[id(layer)] > 1:
       self._not_folded(known, f'{where}, which is called several times')
       return
-    response = self._response(layer, known)
+    response = self._response(layer, inputs[0], known)
     if response is None:
       self._not_folded(known, f'{where}, a transposed or grouped convolution')
       return
@@ -414,25 +425,32 @@ class _Folder:
     border = set(known.border) | ({layer.name} if _has_border(layer) else set())
     self._border(border)
 
-  def _response(self, layer, state) -> Optional[np.ndarray]:
+  def _response(self, layer, tensor, state) -> Optional[np.ndarray]:
     """The layer's linear response (no bias) to the per-channel constants `state.value`."""
     value = state.value
     if isinstance(layer, _TRANSPOSE_LAYERS) or (getattr(layer, 'groups', 1) or 1) != 1:
       return None if value.any() else np.zeros(_output_width(layer))
     if isinstance(layer, _SEPARABLE_LAYERS):
       depthwise = np.asarray(layer.depthwise_kernel, np.float64)
-      taps = depthwise.reshape(-1, *depthwise.shape[-2:]).sum(axis=0)  # (in, m)
+      taps = self._tap_sum(layer, tensor, depthwise)  # (in, m)
       mid = (value[:, None] * taps).reshape(-1)
       pointwise = np.asarray(layer.pointwise_kernel, np.float64)
       return mid @ pointwise.reshape(-1, pointwise.shape[-1])
     kernel = np.asarray(layer.kernel, np.float64)
-    taps = kernel.reshape(-1, *kernel.shape[-2:]).sum(axis=0)  # (in, out)
+    taps = self._tap_sum(layer, tensor, kernel)  # (in, out)
     return value @ taps
 
-  def _depthwise(self, layer, state) -> _State:
+  def _tap_sum(self, layer, tensor, kernel) -> np.ndarray:
+    """The kernel summed over its taps, each weighted by its share of in-bounds outputs."""
+    weights = np.ones(kernel.shape[:-2])
+    if self._border_mode == 'mean' and _has_border(layer):
+      weights = _in_bounds_share(layer, tensor, kernel.shape[:-2])
+    return np.tensordot(weights, kernel, axes=(tuple(range(weights.ndim)),) * 2)
+
+  def _depthwise(self, layer, tensor, state) -> _State:
     m = int(layer.depth_multiplier)
     kernel = np.asarray(layer.kernel, np.float64)
-    taps = kernel.reshape(-1, *kernel.shape[-2:]).sum(axis=0).reshape(-1)  # (in * m)
+    taps = self._tap_sum(layer, tensor, kernel).reshape(-1)  # (in * m)
     value = np.repeat(state.value, m) * taps
     kept = np.repeat(state.kept, m)
     if getattr(layer, 'bias', None) is not None:
@@ -550,6 +568,28 @@ class _Folder:
       out.status[shifted] = _UNKNOWN
       out.via |= {layer.name}
     return out
+
+
+def _in_bounds_share(layer, tensor, kernel_shape) -> np.ndarray:
+  """Per tap, the share of output positions where it reads the input, not the padding."""
+  spatial = tuple(tensor.shape)[1:-1]
+  if any(d is None for d in spatial):
+    return np.ones(kernel_shape)
+  rank = len(kernel_shape)
+  strides = np.broadcast_to(getattr(layer, 'strides', 1), rank)
+  dilation = np.broadcast_to(getattr(layer, 'dilation_rate', 1) or 1, rank)
+  share = np.ones(())
+  for size, k, s, d in zip(spatial, kernel_shape, strides, dilation):
+    span = (k - 1) * d + 1
+    if layer.padding == 'causal':
+      out, before = size, span - 1
+    else:  # 'same'
+      out = -(-size // s)
+      before = max((out - 1) * s + span - size, 0) // 2
+    positions = np.arange(out)[:, None] * s - before + np.arange(k)[None, :] * d
+    inside = ((positions >= 0) & (positions < size)).mean(axis=0)
+    share = np.multiply.outer(share, inside)
+  return share
 
 
 def _output_width(layer) -> int:

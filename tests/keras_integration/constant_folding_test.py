@@ -250,3 +250,34 @@ def test_report_names_folded_layers():
   shrunk = shrink.shrink_model(model, masks, transfer_weights=True)
   report = constant_folding.fold_removed_constants(model, shrunk, masks)
   assert report.folded == {'out': ['bias']} and not report.not_folded
+
+
+@pytest.mark.parametrize('conv, shape', [
+    (lambda: L.Conv2D(3, 3, padding='same', name='c2'), (6, 6, 2)),
+    (lambda: L.Conv2D(3, 3, strides=2, padding='same', name='c2'), (6, 6, 2)),
+    (lambda: L.Conv2D(3, (3, 5), strides=2, padding='same', dilation_rate=1, name='c2'),
+     (7, 5, 2)),
+    (lambda: L.Conv1D(3, 3, padding='causal', dilation_rate=2, name='c2'), (9, 2)),
+])
+def test_same_padding_mean_mode_is_exact_on_average(conv, shape, monkeypatch):
+  """border='mean': the shrunk output equals the original's on average over positions."""
+  inputs = keras.Input(shape)
+  x = L.Dense(4, name='c1')(inputs)  # Per position, like a 1x1 conv.
+  x = L.ReLU()(L.BatchNormalization(name='c1_bn')(x))
+  model = keras.Model(inputs, conv()(x))
+  _randomize(model, {'c1_bn': [0, 3]})
+  masks = {'c1': _mask(4, [0, 3])}
+  monkeypatch.setattr(constant_folding, 'DEFAULT_BORDER', 'mean')
+  small = shrink.shrink_model(model, masks, transfer_weights=True)
+  x = _inputs(model)
+  diff = np.asarray(small(x)) - np.asarray(model(x))
+  axes = tuple(range(1, diff.ndim - 1))
+  np.testing.assert_allclose(diff.mean(axis=axes), 0.0, atol=1e-5)
+  assert np.abs(diff).max() > 1e-3  # Not exact position by position.
+
+
+def test_bad_border_mode():
+  model = _residual('linear')
+  with pytest.raises(ValueError, match="border must be 'interior' or 'mean'. Received: "
+                     "border='edge'"):
+    constant_folding.fold_removed_constants(model, model, {}, border='edge')
