@@ -147,12 +147,15 @@ def measure(name, model, train, test, epochs, strength_multiplier, fine_tune_epo
       acc_unfolded=acc_unfolded, acc_folded=acc_folded,
       diff_unfolded=float(np.max(np.abs(logits_unfolded - logits))),
       diff_folded=float(np.max(np.abs(logits_folded - logits))),
+      agree_unfolded=float(np.mean(logits_unfolded.argmax(-1) == logits.argmax(-1))),
+      agree_folded=float(np.mean(logits_folded.argmax(-1) == logits.argmax(-1))),
       diff_zeroed=float(np.max(np.abs(logits_zeroed_shrunk - logits_zeroed))),
       acc_recalibrated=acc_recalibrated, acc_fine_tuned=acc_fine_tuned,
       seconds=time.time() - start)
   print(f'{name}: alive {alive:.2f}, test accuracy before {acc_before:.3f}; shrunk without '
-        f'folding {acc_unfolded:.3f} (max |dlogit| {row["diff_unfolded"]:.3g}), with folding '
-        f'{acc_folded:.3f} (max |dlogit| {row["diff_folded"]:.3g}; dead gammas zeroed first: '
+        f'folding {acc_unfolded:.3f} (agreement {row["agree_unfolded"]:.3f}, max |dlogit| '
+        f'{row["diff_unfolded"]:.3g}), with folding {acc_folded:.3f} (agreement '
+        f'{row["agree_folded"]:.3f}, max |dlogit| {row["diff_folded"]:.3g}; dead gammas zeroed first: '
         f'{row["diff_zeroed"]:.3g}); recalibrated {acc_recalibrated:.3f}; fine-tuned '
         f'{fine_tune_epochs} epochs {acc_fine_tuned:.3f} ({row["seconds"]:.0f} s)', flush=True)
   return row
@@ -161,15 +164,17 @@ def measure(name, model, train, test, epochs, strength_multiplier, fine_tune_epo
 def _append(rows, args) -> None:
   header = (f'{SECTION} (digits 8x8; GammaFlops threshold 1e-2, {args.epochs} epochs Adam 3e-3; '
             f'fine-tune {args.fine_tune_epochs} epochs Adam 1e-3)\n\n'
-            '| date | machine | model | alive | acc before | shrunk, no folding (max abs '
-            'dlogit) | shrunk, folded (max abs dlogit) | folded, dead gammas zeroed: max abs '
+            '| date | machine | model (border) | alive | acc before | shrunk, no folding: acc '
+            '(agreement, max abs dlogit) | shrunk, folded: acc (agreement, max abs dlogit) | '
+            'folded, dead gammas zeroed: max abs '
             'dlogit | + recalibrated | + fine-tuned | seconds |\n'
             '|---|---|---|---|---|---|---|---|---|---|---|\n')
   machine = f'{os.cpu_count()} CPU, {platform.machine()}'
   lines = ''.join(
       f'| {datetime.date.today()} | {machine} | {r["model"]} | {r["alive"]:.2f} | '
-      f'{r["acc_before"]:.3f} | {r["acc_unfolded"]:.3f} ({r["diff_unfolded"]:.3g}) | '
-      f'{r["acc_folded"]:.3f} ({r["diff_folded"]:.3g}) | {r["diff_zeroed"]:.3g} | '
+      f'{r["acc_before"]:.3f} | {r["acc_unfolded"]:.3f} ({r["agree_unfolded"]:.3f}, '
+      f'{r["diff_unfolded"]:.3g}) | {r["acc_folded"]:.3f} ({r["agree_folded"]:.3f}, '
+      f'{r["diff_folded"]:.3g}) | {r["diff_zeroed"]:.3g} | '
       f'{r["acc_recalibrated"]:.3f} | {r["acc_fine_tuned"]:.3f} | {r["seconds"]:.0f} |\n'
       for r in rows)
   with open(README) as f:

@@ -319,6 +319,10 @@ class _Folder:
     states = [self._states.get(id(t)) or _fresh(_last_dim(t)) for t in inputs]
     out = node.outputs[0]
     width = _last_dim(out)
+    if len(node.outputs) > 1:
+      for tensor in node.outputs:
+        self._states[id(tensor)] = self._opaque(layer, states, _last_dim(tensor))
+      return
     if not _channels_last(layer):
       self._set(node, self._opaque(layer, states, width))
     elif isinstance(layer, _WIDTH_LAYERS):
@@ -357,8 +361,8 @@ class _Folder:
   def _opaque(self, layer, states, width) -> _State:
     """A layer whose channel arithmetic is unknown: anything relevant becomes unknown."""
     state = _fresh(width)
-    if len(states) == 1 and states[0].vanished:
-      state.kept[:] = False
+    if len(states) == 1 and len(states[0].kept) == width:
+      state.kept = states[0].kept.copy()  # The rebuild lets such a layer follow its input.
     if any(s.relevant().any() for s in states):
       state.status[:] = _UNKNOWN
       state.origins = _merge_sets(states, 'origins')

@@ -281,3 +281,23 @@ def test_bad_border_mode():
   with pytest.raises(ValueError, match="border must be 'interior' or 'mean'. Received: "
                      "border='edge'"):
     constant_folding.fold_removed_constants(model, model, {}, border='edge')
+
+
+class _Double(keras.layers.Layer):
+  """A user layer without weights: its channel arithmetic is unknown to the folder."""
+
+  def call(self, inputs):
+    return inputs * 2.0
+
+
+def test_unknown_weightless_layer_warns(caplog):
+  """A layer whose channel arithmetic is unknown blocks the fold, loudly."""
+  inputs = keras.Input((6,))
+  x = L.Dense(5, name='d1')(inputs)
+  x = L.ReLU()(L.BatchNormalization(name='d1_bn')(x))
+  x = _Double(name='double')(x)
+  model = keras.Model(inputs, L.Dense(3, name='out')(x))
+  _randomize(model, {'d1_bn': [2]})
+  with caplog.at_level(logging.WARNING):
+    shrink.shrink_model(model, {'d1': _mask(5, [2])}, transfer_weights=True)
+  assert "['double']" in caplog.text and "layer 'out'" in caplog.text
