@@ -33,9 +33,13 @@ its contribution to the layer that consumes it in the shrunk model:
     mean is lowered by `W . c` instead (same output).
 
 Exactness: Dense consumers, 1x1 convolutions and 'valid' padding are exact.
-With 'same' (or 'causal') padding the fold is exact away from the borders; at
-the border the zero padding hides some taps, and the folded bias overshoots by
-the hidden taps' share (measured in benchmarks/README.md, "Shrink accuracy").
+With 'same' (or 'causal') padding the response to a constant depends on the
+position: at the border the zero padding hides some taps. `border='mean'`
+(the default) folds its average over the output positions (exact on average;
+each tap weighted by the share of positions where it reads the input);
+`border='interior'` folds the full-kernel response (exact away from the border,
+off by the hidden taps at the border). Measured in benchmarks/README.md
+("Shrink accuracy").
 Not foldable, and reported in a warning that names the removed layers, the
 layer that blocks the fold and the consumer: a constant added to *kept*
 channels that meets a non-linear layer (a residual branch removed before a
@@ -81,7 +85,8 @@ _ELEMENTWISE_LAYERS = (L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Activation)
 _CROSS_CHANNEL_ACTIVATIONS = ('softmax', 'log_softmax')
 
 # How 'same'-padded layers fold constants (see fold_removed_constants).
-DEFAULT_BORDER = 'interior'
+# 'mean' kept predictions better on the digits models (benchmarks/README.md).
+DEFAULT_BORDER = 'mean'
 
 # Status of a channel's value.
 _EXACT = 0     # known (up to float rounding)
@@ -175,11 +180,12 @@ def fold_removed_constants(model: keras.Model, new_model: keras.Model,
     _apply(new_model, name, weight, delta, folder.weight_masks[(name, weight)], report)
   if report.border_layers:
     logging.warning(
-        'Shrink: folded the constant outputs of removed channels into %s; exact '
-        "except at the borders of the 'same'-padded layer(s) %s, where zero padding "
-        'hides part of the constant. Recalibrate BatchNorm statistics '
-        '(recalibrate_batch_norm) or fine-tune to absorb it.',
-        sorted(report.folded), report.border_layers)
+        "Shrink: folded the constant outputs of removed channels into %s; the 'same'-"
+        'padded layer(s) %s see part of the constant through their zero padding at the '
+        'borders: the fold is exact %s. Recalibrate BatchNorm statistics '
+        '(recalibrate_batch_norm) or fine-tune to absorb the rest.',
+        sorted(report.folded), report.border_layers,
+        'on average over positions' if border == 'mean' else 'away from the borders')
   for message in report.not_folded:
     logging.warning('Shrink: %s', message)
   return report

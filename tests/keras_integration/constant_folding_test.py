@@ -196,8 +196,8 @@ def test_separable_consumer_exact():
   assert _max_diff(model, small, _inputs(model)) < 1e-5
 
 
-def test_same_padding_exact_inside_and_known_error_at_the_corner(caplog):
-  """'same': exact away from the border; at a corner the hidden taps are missing.
+def test_same_padding_exact_inside_and_known_error_at_the_corner(caplog, monkeypatch):
+  """border='interior': exact away from the border; at a corner hidden taps are missing.
 
   At output (0, 0) of a 3x3 'same' conv, taps in kernel row 0 and column 0 read
   the zero padding. The original conv sees 0 there for the dead channels too, so
@@ -208,9 +208,11 @@ def test_same_padding_exact_inside_and_known_error_at_the_corner(caplog):
   x = _conv_bn_relu(inputs, 4, 1, 'c1')
   model = keras.Model(inputs, L.Conv2D(3, 3, padding='same', name='c2')(x))
   _randomize(model, {'c1_bn': [1, 2]})
+  monkeypatch.setattr(constant_folding, 'DEFAULT_BORDER', 'interior')
   with caplog.at_level(logging.WARNING):
     small = shrink.shrink_model(model, {'c1': _mask(4, [1, 2])}, transfer_weights=True)
   assert "'same'-padded" in caplog.text and "['c2']" in caplog.text
+  assert 'exact away from the borders' in caplog.text
   x = _inputs(model)
   diff = np.asarray(small(x)) - np.asarray(model(x))
   assert np.max(np.abs(diff[:, 1:-1, 1:-1])) < 1e-5
@@ -259,7 +261,7 @@ def test_report_names_folded_layers():
      (7, 5, 2)),
     (lambda: L.Conv1D(3, 3, padding='causal', dilation_rate=2, name='c2'), (9, 2)),
 ])
-def test_same_padding_mean_mode_is_exact_on_average(conv, shape, monkeypatch):
+def test_same_padding_mean_mode_is_exact_on_average(conv, shape):
   """border='mean': the shrunk output equals the original's on average over positions."""
   inputs = keras.Input(shape)
   x = L.Dense(4, name='c1')(inputs)  # Per position, like a 1x1 conv.
@@ -267,7 +269,7 @@ def test_same_padding_mean_mode_is_exact_on_average(conv, shape, monkeypatch):
   model = keras.Model(inputs, conv()(x))
   _randomize(model, {'c1_bn': [0, 3]})
   masks = {'c1': _mask(4, [0, 3])}
-  monkeypatch.setattr(constant_folding, 'DEFAULT_BORDER', 'mean')
+  assert constant_folding.DEFAULT_BORDER == 'mean'  # The default.
   small = shrink.shrink_model(model, masks, transfer_weights=True)
   x = _inputs(model)
   diff = np.asarray(small(x)) - np.asarray(model(x))
