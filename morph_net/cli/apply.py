@@ -3,7 +3,11 @@
 * `shrink`: the model with the structure's widths (`shrink_model`), saved as a
   new .keras file. With `--transfer-weights` and a structure of per-channel
   masks (`learned_masks.json` written by `morphnet learn`), the surviving
-  channels keep their trained weights; with alive counts the weights are fresh.
+  channels keep their trained weights (the constant outputs of removed channels
+  folded into the next layer's bias); with alive counts the weights are fresh.
+  With `--data` (an .npz of x, y as for `learn`) the transferred model's
+  BatchNorm statistics are re-estimated on it (`--recalibrate-steps` batches)
+  and it is fine-tuned for `--fine-tune-epochs` epochs before it is saved.
 * `expand`: the largest uniform width multiplier ω whose rounded widths
   round(ω · learned) keep the model within a cost target (FLOPs, model size or
   latency on a named hardware), as in MorphNet's Algorithm 1
@@ -80,8 +84,59 @@ def add_shrink_parser(subparsers) -> None:
                       help='keep the trained weights of the surviving channels (needs a '
                       'structure of per-channel masks, e.g. learned_masks.json from '
                       '`morphnet learn`); otherwise the weights are fresh')
+  parser.add_argument('--data', '--recalibrate-data', dest='data', default=None,
+                      help='.npz with arrays x, y (as for `learn`): re-estimate the '
+                      'BatchNorm statistics of the transferred model on x, and fine-tune '
+                      'it on (x, y) with --fine-tune-epochs. Needs --transfer-weights')
+  parser.add_argument('--recalibrate-steps', type=common.positive_int('--recalibrate-steps'),
+                      default=None, help='batches of --data for the BatchNorm '
+                      'statistics. Default: all of x')
+  parser.add_argument('--fine-tune-epochs', type=lambda text: common._number(  # pylint: disable=protected-access
+      text, '--fine-tune-epochs', int, 0, strict=False), default=0,
+                      help='epochs of fine-tuning on --data after recalibration. Default: 0')
+  parser.add_argument('--batch-size', type=common.positive_int('--batch-size'), default=32,
+                      help='batch size of recalibration and fine-tuning. Default: 32')
+  parser.add_argument('--learning-rate', type=common.positive_float('--learning-rate'),
+                      default=1e-3, help='Adam learning rate of the fine-tuning. '
+                      'Default: 1e-3')
   common.one_line_errors(parser)
   parser.set_defaults(run=run_shrink)
+
+
+def _check_fine_tune_arguments(args: argparse.Namespace) -> None:
+  if args.data is None:
+    for flag, value in (('--recalibrate-steps', args.recalibrate_steps),
+                        ('--fine-tune-epochs', args.fine_tune_epochs or None)):
+      if value is not None:
+        raise common.CliError(f'{flag} needs --data (an .npz file with arrays x and y). '
+                              f'Received: {flag} {value} without --data.')
+  elif not args.transfer_weights:
+    raise common.CliError(
+        '--data recalibrates and fine-tunes the transferred weights: add '
+        '--transfer-weights (with a structure of per-channel masks).')
+
+
+def _recalibrate_and_fine_tune(model, args: argparse.Namespace) -> None:
+  """Re-estimates BN statistics on --data, then fine-tunes; prints the figures."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from morph_net.cli import learn  # pylint: disable=g-import-not-at-top
+  from morph_net.keras_integration import batch_norm_recalibration  # pylint: disable=g-import-not-at-top
+  data = learn.load_npz_data(args.data)
+  learn.check_inputs_match(model, data['x'])
+  loss = learn.choose_loss('auto', model, data['y'])
+  counts = batch_norm_recalibration.recalibrate_batch_norm(
+      model, data['x'], args.recalibrate_steps, batch_size=args.batch_size)
+  print(f'recalibrated {len(counts)} BatchNormalization layer(s) on '
+        f'{"all" if args.recalibrate_steps is None else args.recalibrate_steps} '
+        f'batch(es) of {args.data}')
+  if args.fine_tune_epochs:
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss,
+                  metrics=['accuracy'])
+    validation = (data['x_val'], data['y_val']) if 'x_val' in data else None
+    history = model.fit(data['x'], data['y'], batch_size=args.batch_size,
+                        epochs=args.fine_tune_epochs, validation_data=validation, verbose=0)
+    logs = ', '.join(f'{k} {v[-1]:.4g}' for k, v in history.history.items() if v)
+    print(f'fine-tuned {args.fine_tune_epochs} epoch(s): {logs}')
 
 
 def run_shrink(args: argparse.Namespace) -> int:
@@ -94,10 +149,13 @@ def run_shrink(args: argparse.Namespace) -> int:
         f'--transfer-weights needs per-channel masks, but --structure {args.structure!r} '
         'holds alive counts. Pass learned_masks.json written by `morphnet learn`, or '
         'leave out --transfer-weights (fresh weights).')
+  _check_fine_tune_arguments(args)
   model = common.load_model(args.model)
   # shrink_model names the file in its errors; they reach the user as one line.
   new_model = shrink.shrink_model(model, args.structure,
                                   transfer_weights=args.transfer_weights)
+  if args.data is not None:
+    _recalibrate_and_fine_tune(new_model, args)
   names = [k for k in structure if not k.endswith(structure_io.DEPTHWISE_SUFFIX)]
   before, after = _widths_of(model, names), _widths_of(new_model, names)
   with common.quiet_tensorflow_warnings():

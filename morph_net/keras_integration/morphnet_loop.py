@@ -14,6 +14,14 @@ new seed. `run_morphnet` runs `iterations` rounds of:
   5. retrain the expanded network from scratch (fresh weights, no
      regularizer) for `retrain_epochs`; it is the next iteration's seed.
 
+Optionally (`recalibrate_steps`, `fine_tune_epochs`), each round also keeps
+the *pruned* network (the paper's MobileNet protocol): the trained model
+shrunk to O' with its surviving weights (`shrink_model(...,
+transfer_weights=True)`, constants of removed channels folded), its
+BatchNorm statistics re-estimated on `recalibrate_steps` training batches
+(`recalibrate_batch_norm`) and fine-tuned for `fine_tune_epochs` epochs
+(`IterationResult.pruned_model`, logs under `fine_tune_logs` in costs.json).
+
 Output, per iteration, in `<output_dir>/iteration_<i>/`:
 
   learned_structure/alive_<step>   callback exports during step 1
@@ -51,6 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from morph_net.framework import generic_regularizers
+from morph_net.keras_integration import batch_norm_recalibration
 from morph_net.keras_integration import callback as callback_lib
 from morph_net.keras_integration import expand
 from morph_net.keras_integration import layer_structure
@@ -77,6 +86,10 @@ class IterationResult:
     cost_name: the regularizer's cost name (e.g. `FLOPs`).
     train_logs: last epoch's logs of the regularized training.
     retrain_logs: last epoch's logs of the retraining ({} if none).
+    pruned_model: the trained model shrunk to O' with its weights,
+      recalibrated and fine-tuned (None unless `recalibrate_steps` or
+      `fine_tune_epochs` is set).
+    fine_tune_logs: last epoch's logs of its fine-tuning ({} if none).
   """
   iteration: int
   directory: str
@@ -86,6 +99,8 @@ class IterationResult:
   cost_name: str
   train_logs: Dict[str, float]
   retrain_logs: Dict[str, float]
+  pruned_model: Optional[keras.Model] = None
+  fine_tune_logs: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +131,9 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
                  regularization_strength: Optional[float] = None,
                  fit_kwargs: Optional[Mapping[str, Any]] = None,
                  input_shape: Any = None,
-                 max_width_multiplier: float = 64.0) -> MorphNetRunResult:
+                 max_width_multiplier: float = 64.0,
+                 recalibrate_steps: int = 0,
+                 fine_tune_epochs: int = 0) -> MorphNetRunResult:
   """Runs `iterations` rounds of learn / shrink / expand / retrain.
 
   Args:
@@ -146,6 +163,13 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
       `callbacks`, `validation_data`), used for training and retraining.
     input_shape: passed to `from_keras_model` (unknown spatial sizes).
     max_width_multiplier: passed to `expand_structure`.
+    recalibrate_steps: batches of `train_data` on which the pruned model's
+      BatchNorm statistics are re-estimated (`recalibrate_batch_norm`; array
+      data is batched by `fit_kwargs['batch_size']`, default 32). Defaults
+      to 0: no pruned model unless `fine_tune_epochs` is set.
+    fine_tune_epochs: epochs of fine-tuning of the pruned model (the trained
+      model shrunk with its weights, after recalibration), with
+      `compile_kwargs` and `fit_kwargs`. Defaults to 0.
 
   Returns:
     A MorphNetRunResult.
@@ -158,6 +182,8 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
   _check_count('epochs', epochs, minimum=0)
   retrain_epochs = epochs if retrain_epochs is None else retrain_epochs
   _check_count('retrain_epochs', retrain_epochs, minimum=0)
+  _check_count('recalibrate_steps', recalibrate_steps, minimum=0)
+  _check_count('fine_tune_epochs', fine_tune_epochs, minimum=0)
   if not (isinstance(regularizer_class, type)
           and issubclass(regularizer_class, generic_regularizers.NetworkRegularizer)):
     raise TypeError(
@@ -200,6 +226,11 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
     # 2. The learned structure O'.
     learned = layer_structure.LayerStructureExporter(regularizer).alive_counts()
     structure_io.save_structure(os.path.join(directory, 'learned_structure.json'), learned)
+    pruned, fine_tune_logs = None, {}
+    if recalibrate_steps or fine_tune_epochs:
+      pruned, fine_tune_logs = _prune_and_fine_tune(
+          current, regularizer, train_data, compile_kwargs, fit_kwargs,
+          recalibrate_steps, fine_tune_epochs)
     # 3-4. Shrink and expand to the target.
     expansion = expand.expand_structure(current, learned, target_cost, cost_fn,
                                         max_width_multiplier=max_width_multiplier)
@@ -215,7 +246,7 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
         iteration=index, directory=directory, learned_structure=learned,
         expansion=expansion, regularization_strength=strength,
         cost_name=regularizer.cost_name, train_logs=train_logs,
-        retrain_logs=retrain_logs)
+        retrain_logs=retrain_logs, pruned_model=pruned, fine_tune_logs=fine_tune_logs)
     _write_json(os.path.join(directory, 'costs.json'), _costs_record(result))
     results.append(result)
     _write_json(os.path.join(output_dir, 'morphnet_run.json'), {
@@ -226,6 +257,21 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
     current = expanded
   return MorphNetRunResult(model=current, iterations=results,
                            target_cost=float(target_cost))
+
+
+def _prune_and_fine_tune(model, regularizer, train_data, compile_kwargs, fit_kwargs,
+                         recalibrate_steps, fine_tune_epochs):
+  """The trained model shrunk with its weights, recalibrated and fine-tuned."""
+  pruned = shrink.shrink_model(model, regularizer, transfer_weights=True)
+  if recalibrate_steps:
+    batch_norm_recalibration.recalibrate_batch_norm(
+        pruned, train_data, recalibrate_steps,
+        batch_size=int(fit_kwargs.get('batch_size') or 32))
+  logs = {}
+  if fine_tune_epochs:
+    pruned.compile(**_fresh_compile_kwargs(compile_kwargs))
+    logs = _fit(pruned, train_data, fine_tune_epochs, fit_kwargs, [])
+  return pruned, logs
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:
@@ -273,6 +319,7 @@ def _costs_record(result: IterationResult) -> Dict[str, Any]:
       'learned_structure': result.learned_structure,
       'train_logs': result.train_logs,
       'retrain_logs': result.retrain_logs,
+      'fine_tune_logs': result.fine_tune_logs,
   }
   record.update(result.expansion.as_dict())
   return record

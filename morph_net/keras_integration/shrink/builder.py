@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from morph_net.keras_integration import constant_folding
 from morph_net.keras_integration import structure_io
 from morph_net.keras_integration.shrink import channels as channels_lib
 from morph_net.keras_integration.shrink import custom
@@ -82,6 +83,9 @@ def rebuild(model: keras.Model, structure: structure_lib.StructureLike, *,
         continue
       in_mask, out_mask = builder.layer_masks[layer_id]
       transfer.transfer_layer(old_layer, new_layer, in_mask, out_mask)
+    # The removed channels' constant outputs (BN beta through the activation)
+    # go into their consumers' biases, so the shrunk model keeps predicting.
+    constant_folding.fold_removed_constants(model, new_model, final_masks)
   return RebuildResult(model=new_model, widths=builder.new_widths,
                        vanished_layers=builder.vanished_layers,
                        removed_merges=builder.removed_merges)
