@@ -244,6 +244,31 @@ def test_grouped_conv_is_costed(cls, args, batch_norm):
   assert time.perf_counter() - start < 20
 
 
+class _NestedFunctionLayer(layers.Layer):
+  """A custom layer whose ops run in a nested tf.function (a function call op)."""
+
+  @tf.function
+  def _double(self, x):
+    return tf.nn.relu(x) * 2.0
+
+  def call(self, x):
+    return self._double(x)
+
+
+def test_nested_function_call_names_the_layer():
+  inputs = keras.Input((8, 8, 4))
+  x = layers.Conv2D(6, 3, padding='same', name='conv')(inputs)
+  x = layers.BatchNormalization(name='bn')(x)
+  x = _NestedFunctionLayer(name='nested')(x)
+  model = keras.Model(inputs, layers.Conv2D(3, 1, name='head')(x))
+  with pytest.raises(model_analysis.UnsupportedLayerError,
+                     match=r"Layer 'nested' \(_NestedFunctionLayer\) cannot be analysed: it "
+                     r"runs as a nested function call \(op '.*PartitionedCall' of "
+                     r"type '(Stateful)?PartitionedCall'\)") as info:
+    flop_regularizer.GammaFlopsRegularizer.from_keras_model(model, 0.1)
+  assert info.value.layer_name == 'nested'
+
+
 def test_grouped_conv_outside_the_analysed_part_is_fine():
   reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(
       _grouped_conv_model(), 0.1, input_layers=['bn'])
