@@ -203,6 +203,9 @@ def _count_alive(tensor: tf.Tensor, regularizer, cache,
   channel would be counted dead and the cost would silently drop instead.
   """
   if regularizer is None:
+    if tensor.shape.rank == 0:
+      # A scalar (e.g. the 0.5 of a GELU's Mul) is broadcast: one channel.
+      return tf.constant(1.0, tf.float32)
     channels = tensor.shape[-1] if tensor.shape.rank else None
     if channels is None:
       # A warning (the original logged at info level): the op's cost is wrong.

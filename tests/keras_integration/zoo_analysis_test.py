@@ -156,3 +156,24 @@ def test_csp_split_block():
              + flop_count.layer_flops(model.get_layer('c1'), in_channels=6, out_channels=6)
              + flop_count.layer_flops(model.get_layer('c2'), in_channels=5 + 6))
   assert _cost(model)[1] == reduced
+
+
+def test_convnext_style_block_analyses_without_warnings(caplog):
+  # Grouped depthwise conv (groups == C), LayerNorm, pointwise Dense MLP with
+  # GELU (a Mul by a scalar 0.5) and Softmax head: exact cost, no warning.
+  inputs = keras.Input((8, 8, 16))
+  x = L.Conv2D(16, 7, padding='same', groups=16, name='dw')(inputs)
+  x = L.LayerNormalization(epsilon=1e-6)(x)
+  x = L.Dense(32, activation='gelu', name='pw1')(x)
+  x = L.Dense(16, name='pw2')(x)
+  x = L.Add()([inputs, x])
+  x = L.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, L.Dense(4, activation='softmax', name='head')(x))
+  # dw 2*64*49*16; pw1 2*64*16*32; pw2 2*64*32*16; head 2*16*4.
+  expected = 2 * 64 * 49 * 16 + 2 * 64 * 16 * 32 + 2 * 64 * 32 * 16 + 2 * 16 * 4
+  assert flop_count.model_flops(model) == expected
+  with caplog.at_level('WARNING'):
+    _, cost = _cost(model, flop_regularizer.GroupLassoFlopsRegularizer, 0.0)
+  assert cost == expected
+  assert 'no op handler' not in caplog.text
+  assert 'Unknown number of channels' not in caplog.text
