@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from morph_net.keras_integration.layer_structure import LayerStructureExporter
 from morph_net.network_regularizers import flop_regularizer
 from tests.keras_integration import flop_count
 
@@ -119,7 +120,12 @@ def test_grouped_conv_block(groups):
   assert (flop_count.layer_flops(model.get_layer('grouped'), in_channels=alive_in,
                                  out_channels=alive_out)
           == 2 * 64 * 9 * (a - 2) * (b - 1) * groups)
-  assert _cost(model)[1] == reduced
+  reg, cost = _cost(model)
+  assert cost == reduced
+  # Exported widths follow the tied groups: equal per-group widths.
+  counts = LayerStructureExporter(reg).alive_counts()
+  assert counts['c1'] == alive_in
+  assert counts['grouped'] == alive_out
 
 
 def test_grouped_conv_with_one_channel_per_group_is_depthwise():
