@@ -183,3 +183,22 @@ def test_convnext_style_block_analyses_without_warnings(caplog):
   assert cost == expected
   assert 'no op handler' not in caplog.text
   assert 'Unknown number of channels' not in caplog.text
+
+
+def test_separable_conv1d_dilated():
+  inputs = keras.Input((24, 4))
+  x = L.Conv1D(6, 1, name='c1')(inputs)
+  x = L.BatchNormalization(name='bn1')(x)
+  x = L.SeparableConv1D(5, 3, padding='same', dilation_rate=2, name='sep')(x)
+  x = L.BatchNormalization(name='bn2')(x)
+  model = keras.Model(inputs, L.Conv1D(2, 1, name='c3')(x))
+  # c1 2*24*4*6; sep: depthwise 2*24*3*6 + pointwise 2*24*6*5; c3 2*24*5*2.
+  expected = 2 * 24 * 4 * 6 + 2 * 24 * 3 * 6 + 2 * 24 * 6 * 5 + 2 * 24 * 5 * 2
+  assert flop_count.model_flops(model) == expected
+  assert _cost(model)[1] == expected
+  _kill(model, 'bn1', [0, 4])  # 4 alive, through the depthwise part
+  _kill(model, 'bn2', [2])  # 4 alive
+  reduced = (flop_count.layer_flops(model.get_layer('c1'), out_channels=4)
+             + flop_count.layer_flops(model.get_layer('sep'), in_channels=4, out_channels=4)
+             + flop_count.layer_flops(model.get_layer('c3'), in_channels=4))
+  assert _cost(model)[1] == reduced
