@@ -100,7 +100,7 @@ def _grouped_model(groups, filters=16):
   return keras.Model(inputs, L.Conv2D(4, 1, name='c3')(x))
 
 
-@pytest.mark.parametrize('groups', [1, 2, 4])
+@pytest.mark.parametrize('groups', [2, 4])
 def test_grouped_conv_block(groups):
   model = _grouped_model(groups)
   expected = flop_count.model_flops(model)
