@@ -48,8 +48,9 @@ class FunctionCallOpHandler(op_handler.OpHandler):
     del op_reg_manager
     raise errors.UnsupportedOpError(
         op.name, op.type,
-        'This op calls a nested function (e.g. a Keras Conv2D with groups > 1, '
-        'or a nested tf.function) whose FLOPs and channels MorphNet cannot '
+        'This op calls a nested function (e.g. a nested tf.function, or a '
+        'Keras Conv2D with groups > 1 traced outside from_keras_model, which '
+        'traces it as a plain Conv2D) whose FLOPs and channels MorphNet cannot '
         'see, so it cannot be costed or grouped with its neighbours.')
 
   def create_regularizer(self, op_slice: Any) -> Any:

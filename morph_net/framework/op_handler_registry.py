@@ -41,9 +41,10 @@ UNKNOWN_OP_POLICIES = ('group', 'error')
 # passthrough as in the original, although a gather on the channel axis
 # permutes channels without the permutation being tracked.
 CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
-    # Activations.
+    # Activations. Softmax / LogSoftmax normalize over the channel axis but
+    # keep channel i at index i (they end classifier heads and attention).
     'Relu', 'Relu6', 'Elu', 'Selu', 'LeakyRelu', 'Sigmoid', 'Tanh', 'Softplus',
-    'Softsign',
+    'Softsign', 'Softmax', 'LogSoftmax',
     # Identities and casts.
     'Identity', 'IdentityN', 'StopGradient', 'PreventGradient', 'Snapshot',
     'EnsureShape', 'CheckNumerics', 'Cast',
@@ -52,7 +53,9 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     'RealDiv', 'Div', 'DivNoNan', 'FloorDiv', 'FloorMod', 'Maximum', 'Minimum',
     'SquaredDifference', 'Neg', 'Abs', 'Sign', 'Square', 'Sqrt', 'Rsqrt',
     'Reciprocal', 'Exp', 'Log', 'Log1p', 'Pow', 'Erf', 'Erfc', 'Floor', 'Ceil',
-    'Round', 'ClipByValue', 'Select', 'SelectV2',
+    'Round', 'ClipByValue', 'Select', 'SelectV2', 'Expm1', 'Sin', 'Cos', 'Tan',
+    'Atan', 'Sinh', 'Cosh', 'Asinh', 'Acosh', 'Atanh', 'Rint', 'Inv',
+    'Xlogy', 'Xdivy', 'IsNan', 'IsInf', 'IsFinite',
     # Element-wise comparisons and logic (e.g. dropout masks).
     'Greater', 'GreaterEqual', 'Less', 'LessEqual', 'Equal', 'NotEqual',
     'LogicalAnd', 'LogicalOr', 'LogicalNot',
@@ -75,7 +78,8 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
 # `LeafOpHandler()`: channels end there, and what follows starts a new group.
 LEAF_OP_TYPES: Tuple[str, ...] = (
     'Fill', 'Range', 'ZerosLike', 'OnesLike', 'Size', 'Rank', 'ShapeN',
-    'BroadcastArgs',
+    'BroadcastArgs', 'NoOp', 'RandomUniformInt', 'RandomStandardNormal',
+    'TruncatedNormal', 'StatelessRandomUniformV2', 'StatelessRandomNormalV2',
 )
 
 

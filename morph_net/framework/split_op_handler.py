@@ -76,12 +76,33 @@ class SplitOpHandler(op_handler.OpHandler):
     to_process: List[tf.Operation] = []
     for index, (start, size) in enumerate(op_handler_util.split_output_ranges(op)):
       self._group_output(op, index, start, size, op_reg_manager, to_process)
-    # The input side: one data input with the split's channels, grouped one to
-    # one as by an element-wise op. Its consumers have other sizes, so it
-    # only queues them.
-    grouping_op_handler.GroupingOpHandler(
-        [op_handler_util.split_value_index(op)]).assign_grouping(op, op_reg_manager)
+    # Queued first: if the input is pending, the split is re-queued after it.
     op_reg_manager.process_ops(to_process)
+    self._group_input(op, op_reg_manager)
+
+  def _group_input(self, op, op_reg_manager) -> None:
+    """Groups the split one to one with its data input (as element-wise ops do).
+
+    Unlike `GroupingOpHandler`, consumers are never grouped with the whole
+    split, even when one (e.g. a concat of all outputs, maybe reordered) has
+    the split's size: they are grouped per output range above.
+    """
+    input_ops = op_handler_util.get_input_ops(
+        op, op_reg_manager, [op_handler_util.split_value_index(op)])
+    input_ops = [input_op for input_op in input_ops
+                 if op_handler_util.get_op_size(input_op) == op_handler_util.get_op_size(op)]
+    if not input_ops:
+      return
+    input_ops_to_process = op_handler_util.get_ops_without_groups(
+        input_ops, op_reg_manager)
+    aligned = op_handler_util.get_aligned_op_slice_sizes(
+        op_reg_manager.get_op_slices(op),
+        op_handler_util.get_op_slices(input_ops, op_reg_manager), [])
+    op_handler_util.reslice_ops(input_ops + [op], aligned, op_reg_manager)
+    op_handler_util.group_aligned_input_output_slices(
+        op, input_ops_to_process, [],
+        op_handler_util.get_op_slices(input_ops, op_reg_manager), [], aligned,
+        op_reg_manager)
 
   def _group_output(self, op, index, start, size, op_reg_manager,
                     to_process: List[tf.Operation]) -> None:

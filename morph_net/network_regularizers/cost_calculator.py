@@ -194,8 +194,11 @@ def static_channel_count(tensor: tf.Tensor) -> float:
   """The static number of channels of `tensor` (its last dim), as a float.
 
   0.0 when unknown, with a warning once per tensor: the cost of the ops
-  reading it is then undercounted.
+  reading it is then undercounted. A scalar (e.g. the 0.5 of a GELU's Mul) is
+  broadcast: one channel.
   """
+  if tensor.shape.rank == 0:
+    return 1.0
   channels = tensor.shape[-1] if tensor.shape.rank else None
   if channels is None:
     # A warning (the original logged at info level): the op's cost is wrong.

@@ -40,14 +40,14 @@ def _handlers(unknown_op_policy='group'):
   return handlers
 
 
-def _softmax_net(image, var):
-  """conv -> BN -> softmax -> softmax (an op type without a built-in handler)."""
+def _cumsum_net(image, var):
+  """conv -> BN -> cumsum -> cumsum (an op type without a built-in handler)."""
   with tf.name_scope('conv'):
     x = tf.nn.conv2d(image, var('w', np.ones([1, 1, 3, 4])), 1, 'SAME')
     x, _, _ = tf.compat.v1.nn.fused_batch_norm(
         x, var('gamma', np.ones(4)), var('beta', np.zeros(4)), is_training=True)
-  x = tf.nn.softmax(x, name='softmax_1')
-  return tf.nn.softmax(x, name='softmax_2')
+  x = tf.math.cumsum(x, axis=1, name='cumsum_1')
+  return tf.math.cumsum(x, axis=1, name='cumsum_2')
 
 
 # ---- register ------------------------------------------------------------------
@@ -107,50 +107,50 @@ def test_copy_keeps_policy_and_is_independent():
 def test_unknown_type_warns_once_per_type():
   handlers = op_handler_registry.OpHandlerDict()
   with mock.patch.object(op_handler_registry.logging, 'warning') as warning:
-    first = handlers['Softmax']
-    assert handlers['Softmax'] is first
+    first = handlers['Cumsum']
+    assert handlers['Cumsum'] is first
     assert warning.call_count == 1
     message = warning.call_args[0][0] % warning.call_args[0][1:]
-    assert "'Softmax'" in message
+    assert "'Cumsum'" in message
     assert 'treated as channel-preserving' in message
-    assert "register('Softmax', LeafOpHandler())" in message
+    assert "register('Cumsum', LeafOpHandler())" in message
     handlers['Tile']
     assert warning.call_count == 2
   assert type(first) is grouping_op_handler.GroupingOpHandler
-  assert handlers.unknown_op_types == ['Softmax', 'Tile']
+  assert handlers.unknown_op_types == ['Cumsum', 'Tile']
 
 
 def test_unknown_type_error_policy():
   handlers = op_handler_registry.OpHandlerDict(unknown_op_policy='error')
-  with pytest.raises(KeyError, match="No op handler is registered for op type 'Softmax'"):
-    handlers['Softmax']
-  assert 'Softmax' not in handlers
-  assert handlers.unknown_op_types == ['Softmax']
-  assert handlers.get('Softmax') is None
+  with pytest.raises(KeyError, match="No op handler is registered for op type 'Cumsum'"):
+    handlers['Cumsum']
+  assert 'Cumsum' not in handlers
+  assert handlers.unknown_op_types == ['Cumsum']
+  assert handlers.get('Cumsum') is None
 
 
 def test_manager_groups_unknown_type_and_warns_once(mode):
-  built = graph_modes.build(mode, _softmax_net, [1, 4, 4, 3])
+  built = graph_modes.build(mode, _cumsum_net, [1, 4, 4, 3])
   handlers = _handlers()
   with mock.patch.object(op_handler_registry.logging, 'warning') as warning:
-    manager = orm.OpRegularizerManager([built.op('softmax_2')], handlers)
-  # Two Softmax ops, one warning naming the type.
-  softmax_warnings = [call for call in warning.call_args_list if 'Softmax' in call[0]]
-  assert len(softmax_warnings) == 1
-  assert handlers.unknown_op_types == ['Softmax']
+    manager = orm.OpRegularizerManager([built.op('cumsum_2')], handlers)
+  # Two Cumsum ops, one warning naming the type.
+  cumsum_warnings = [call for call in warning.call_args_list if 'Cumsum' in call[0]]
+  assert len(cumsum_warnings) == 1
+  assert handlers.unknown_op_types == ['Cumsum']
   # Treated as channel-preserving: grouped with the BN.
   group = manager.get_op_group(manager.get_op_slices(built.op('conv/FusedBatchNormV3'))[0])
-  assert manager.get_op_group(manager.get_op_slices(built.op('softmax_2'))[0]) is group
+  assert manager.get_op_group(manager.get_op_slices(built.op('cumsum_2'))[0]) is group
 
 
 def test_manager_error_policy_names_the_op(mode):
-  built = graph_modes.build(mode, _softmax_net, [1, 4, 4, 3])
+  built = graph_modes.build(mode, _cumsum_net, [1, 4, 4, 3])
   with pytest.raises(errors.UnsupportedOpError,
-                     match=r"Received: op='softmax_\d' of type 'Softmax'. To support it, "
+                     match=r"Received: op='cumsum_\d' of type 'Cumsum'. To support it, "
                      r'register a handler') as info:
-    orm.OpRegularizerManager([built.op('softmax_2')], _handlers('error'))
-  assert info.value.op_type == 'Softmax'
-  assert info.value.op_name in ('softmax_1', 'softmax_2')
+    orm.OpRegularizerManager([built.op('cumsum_2')], _handlers('error'))
+  assert info.value.op_type == 'Cumsum'
+  assert info.value.op_name in ('cumsum_1', 'cumsum_2')
 
 
 def test_error_policy_ignores_ops_that_are_only_crawled(mode):
@@ -173,14 +173,14 @@ def test_error_policy_ignores_ops_that_are_only_crawled(mode):
 
 
 def test_user_handler_for_custom_type_is_used(mode):
-  built = graph_modes.build(mode, _softmax_net, [1, 4, 4, 3])
+  built = graph_modes.build(mode, _cumsum_net, [1, 4, 4, 3])
   handlers = _handlers('error')
   recording = _RecordingHandler()
-  handlers.register('Softmax', recording)
-  manager = orm.OpRegularizerManager([built.op('softmax_2')], handlers)
-  assert set(recording.ops) == {'softmax_1', 'softmax_2'}
+  handlers.register('Cumsum', recording)
+  manager = orm.OpRegularizerManager([built.op('cumsum_2')], handlers)
+  assert set(recording.ops) == {'cumsum_1', 'cumsum_2'}
   assert handlers.unknown_op_types == []
-  assert manager.get_regularizer(built.op('softmax_2')) is not None
+  assert manager.get_regularizer(built.op('cumsum_2')) is not None
 
 
 def test_user_handler_replaces_built_in(mode):

@@ -87,11 +87,11 @@ def test_fresh_dicts_and_instances(get_dict):
 
 def test_unknown_type_defaults_to_grouping():
   handlers = op_handlers.get_gamma_op_handler_dict()
-  assert 'Softmax' not in handlers
-  handler = handlers['Softmax']
+  assert 'Cumsum' not in handlers
+  handler = handlers['Cumsum']
   assert type(handler) is grouping_op_handler.GroupingOpHandler
-  assert handlers['Softmax'] is handler
-  assert handlers.unknown_op_types == ['Softmax']
+  assert handlers['Cumsum'] is handler
+  assert handlers.unknown_op_types == ['Cumsum']
 
 
 def test_resize_groups_with_image_input_only(mode):
@@ -114,3 +114,14 @@ def test_resize_groups_with_image_input_only(mode):
   assert manager.get_op_group(manager.get_op_slices(built.op('conv/Conv2D'))[0]) is group
   # The 2-element size input (input 1) is neither grouped nor processed.
   assert built.op('size') not in manager.ops
+
+
+def test_common_op_types_are_known():
+  # Issue 11: ordinary models must not warn. Softmax ends every classifier;
+  # Fill / Range / NoOp appear in Keras traces.
+  handlers = op_handlers.get_gamma_op_handler_dict()
+  for op_type in ('Softmax', 'LogSoftmax', 'Erfc', 'Expm1', 'Split', 'SplitV'):
+    assert op_type in handlers, op_type
+  for op_type in ('Fill', 'Range', 'NoOp', 'ZerosLike'):
+    assert type(handlers[op_type]) is leaf_op_handler.LeafOpHandler, op_type
+  assert handlers.unknown_op_types == []

@@ -117,3 +117,24 @@ def test_get_range_slices_requires_boundaries(mode):
   relu0 = built.op('relu0')
   with pytest.raises(ValueError, match=r'Op relu0 is not sliced at channels 2 and 6'):
     op_handler_util.get_range_slices(relu0, 2, 4, manager)
+
+
+def test_reordered_concat_of_all_outputs_follows_the_ranges(mode):
+  # concat([b, a]) has the split's size but permutes its channels: channel i
+  # of the concat is channel (i + 4) % 8 of the split's input.
+  def net(image, var):
+    x = tf.nn.conv2d(image, var('w0', np.ones([1, 1, 3, 8])), 1, 'SAME', name='conv0')
+    x = tf.nn.relu(_bn(x, var, 'bn0', np.ones(8)), name='relu0')
+    a, b = tf.split(x, 2, axis=-1, name='split')
+    z = tf.concat([b, a], -1, name='cat')
+    z = _bn(z, var, 'bn1', np.ones(8))
+    return tf.nn.conv2d(z, var('w1', np.ones([1, 1, 8, 2])), 1, 'SAME', name='conv1')
+
+  built = graph_modes.build(mode, net, _IMAGE)
+  reg = flop_regularizer.GammaFlopsRegularizer([built.output.op], _THRESHOLD)
+  manager = reg.op_regularizer_manager
+  group = lambda op, i: manager.get_op_group(manager.get_op_slices(op)[i])  # noqa: E731
+  relu0, cat = built.op('relu0'), built.op('cat')
+  assert group(cat, 0) is group(relu0, 1)
+  assert group(cat, 1) is group(relu0, 0)
+  assert group(relu0, 0) is not group(relu0, 1)

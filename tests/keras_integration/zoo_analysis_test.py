@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from morph_net.keras_integration.layer_structure import LayerStructureExporter
 from morph_net.network_regularizers import flop_regularizer
 from tests.keras_integration import flop_count
 
@@ -99,7 +100,7 @@ def _grouped_model(groups, filters=16):
   return keras.Model(inputs, L.Conv2D(4, 1, name='c3')(x))
 
 
-@pytest.mark.parametrize('groups', [1, 2, 4])
+@pytest.mark.parametrize('groups', [2, 4])
 def test_grouped_conv_block(groups):
   model = _grouped_model(groups)
   expected = flop_count.model_flops(model)
@@ -119,7 +120,12 @@ def test_grouped_conv_block(groups):
   assert (flop_count.layer_flops(model.get_layer('grouped'), in_channels=alive_in,
                                  out_channels=alive_out)
           == 2 * 64 * 9 * (a - 2) * (b - 1) * groups)
-  assert _cost(model)[1] == reduced
+  reg, cost = _cost(model)
+  assert cost == reduced
+  # Exported widths follow the tied groups: equal per-group widths.
+  counts = LayerStructureExporter(reg).alive_counts()
+  assert counts['c1'] == alive_in
+  assert counts['grouped'] == alive_out
 
 
 def test_grouped_conv_with_one_channel_per_group_is_depthwise():
@@ -155,4 +161,44 @@ def test_csp_split_block():
   reduced = (flop_count.layer_flops(model.get_layer('c0'), out_channels=5 + 6)
              + flop_count.layer_flops(model.get_layer('c1'), in_channels=6, out_channels=6)
              + flop_count.layer_flops(model.get_layer('c2'), in_channels=5 + 6))
+  assert _cost(model)[1] == reduced
+
+
+def test_convnext_style_block_analyses_without_warnings(caplog):
+  # Grouped depthwise conv (groups == C), LayerNorm, pointwise Dense MLP with
+  # GELU (a Mul by a scalar 0.5) and Softmax head: exact cost, no warning.
+  inputs = keras.Input((8, 8, 16))
+  x = L.Conv2D(16, 7, padding='same', groups=16, name='dw')(inputs)
+  x = L.LayerNormalization(epsilon=1e-6)(x)
+  x = L.Dense(32, activation='gelu', name='pw1')(x)
+  x = L.Dense(16, name='pw2')(x)
+  x = L.Add()([inputs, x])
+  x = L.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, L.Dense(4, activation='softmax', name='head')(x))
+  # dw 2*64*49*16; pw1 2*64*16*32; pw2 2*64*32*16; head 2*16*4.
+  expected = 2 * 64 * 49 * 16 + 2 * 64 * 16 * 32 + 2 * 64 * 32 * 16 + 2 * 16 * 4
+  assert flop_count.model_flops(model) == expected
+  with caplog.at_level('WARNING'):
+    _, cost = _cost(model, flop_regularizer.GroupLassoFlopsRegularizer, 0.0)
+  assert cost == expected
+  assert 'no op handler' not in caplog.text
+  assert 'Unknown number of channels' not in caplog.text
+
+
+def test_separable_conv1d_dilated():
+  inputs = keras.Input((24, 4))
+  x = L.Conv1D(6, 1, name='c1')(inputs)
+  x = L.BatchNormalization(name='bn1')(x)
+  x = L.SeparableConv1D(5, 3, padding='same', dilation_rate=2, name='sep')(x)
+  x = L.BatchNormalization(name='bn2')(x)
+  model = keras.Model(inputs, L.Conv1D(2, 1, name='c3')(x))
+  # c1 2*24*4*6; sep: depthwise 2*24*3*6 + pointwise 2*24*6*5; c3 2*24*5*2.
+  expected = 2 * 24 * 4 * 6 + 2 * 24 * 3 * 6 + 2 * 24 * 6 * 5 + 2 * 24 * 5 * 2
+  assert flop_count.model_flops(model) == expected
+  assert _cost(model)[1] == expected
+  _kill(model, 'bn1', [0, 4])  # 4 alive, through the depthwise part
+  _kill(model, 'bn2', [2])  # 4 alive
+  reduced = (flop_count.layer_flops(model.get_layer('c1'), out_channels=4)
+             + flop_count.layer_flops(model.get_layer('sep'), in_channels=4, out_channels=4)
+             + flop_count.layer_flops(model.get_layer('c3'), in_channels=4))
   assert _cost(model)[1] == reduced

@@ -201,28 +201,28 @@ def test_gamma_without_batch_norm_suggests_group_lasso(cls, args, suggestion):
 # ---------------------------------------------------------------------------
 
 
-def _softmax_net(image, var):
+def _cumsum_net(image, var):
   out = _conv_bn_net(image, var)
-  return tf.nn.softmax(out, name='softmax')
+  return tf.math.cumsum(out, axis=1, name='cumsum')
 
 
 def test_unknown_op_type_error_policy_hints_registration(mode):
-  built = graph_modes.build(mode, _softmax_net, [1, 8, 8, 3])
+  built = graph_modes.build(mode, _cumsum_net, [1, 8, 8, 3])
   handlers = op_handlers.get_gamma_op_handler_dict()
   handlers.unknown_op_policy = 'error'
   handlers.register('FusedBatchNormV3', flop_regularizer._gamma_op_handler_dict(
       0.1, None, None)['FusedBatchNormV3'])
   with pytest.raises(errors.UnsupportedOpError,
-                     match=r"Received: op='softmax' of type 'Softmax'. To support it, "
+                     match=r"Received: op='cumsum' of type 'Cumsum'. To support it, "
                      'register a handler for its type'):
-    orm.OpRegularizerManager([built.op('softmax')], handlers)
+    orm.OpRegularizerManager([built.op('cumsum')], handlers)
 
 
 def test_unknown_op_type_default_policy_warns_once(mode, caplog):
-  built = graph_modes.build(mode, _softmax_net, [1, 8, 8, 3])
+  built = graph_modes.build(mode, _cumsum_net, [1, 8, 8, 3])
   with caplog.at_level(logging.WARNING):
-    reg = flop_regularizer.GammaFlopsRegularizer([built.op('softmax')], 0.1)
-  assert caplog.text.count("no op handler for op type 'Softmax'") == 1
+    reg = flop_regularizer.GammaFlopsRegularizer([built.op('cumsum')], 0.1)
+  assert caplog.text.count("no op handler for op type 'Cumsum'") == 1
   assert built.evaluate(reg.get_cost) == pytest.approx(C3X3 * 3 * 4)
 
 
@@ -250,6 +250,31 @@ def test_grouped_conv_is_costed(cls, args, batch_norm):
   # head: 2 * 8*8 * 6 * 3 = 2304.
   assert float(reg.get_cost()) == 2 * 64 * 9 * 4 * 6 / 2 + 2 * 64 * 6 * 3
   assert time.perf_counter() - start < 20
+
+
+class _NestedFunctionLayer(layers.Layer):
+  """A custom layer whose ops run in a nested tf.function (a function call op)."""
+
+  @tf.function
+  def _double(self, x):
+    return tf.nn.relu(x) * 2.0
+
+  def call(self, x):
+    return self._double(x)
+
+
+def test_nested_function_call_names_the_layer():
+  inputs = keras.Input((8, 8, 4))
+  x = layers.Conv2D(6, 3, padding='same', name='conv')(inputs)
+  x = layers.BatchNormalization(name='bn')(x)
+  x = _NestedFunctionLayer(name='nested')(x)
+  model = keras.Model(inputs, layers.Conv2D(3, 1, name='head')(x))
+  with pytest.raises(model_analysis.UnsupportedLayerError,
+                     match=r"Layer 'nested' \(_NestedFunctionLayer\) cannot be analysed: it "
+                     r"runs as a nested function call \(op '.*PartitionedCall' of "
+                     r"type '(Stateful)?PartitionedCall'\)") as info:
+    flop_regularizer.GammaFlopsRegularizer.from_keras_model(model, 0.1)
+  assert info.value.layer_name == 'nested'
 
 
 def test_grouped_conv_outside_the_analysed_part_is_fine():
