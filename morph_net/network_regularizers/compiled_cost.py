@@ -54,8 +54,10 @@ from morph_net.framework import concat_and_slice_regularizers
 from morph_net.framework import constant_op_regularizer
 from morph_net.framework import grouping_regularizers
 from morph_net.framework import lazy_evaluation
+from morph_net.framework import op_handler_util
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import probabilistic_grouping_regularizer as pgr
+from morph_net.framework import split_op_handler
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import resource_function as resource_function_lib
 from morph_net.op_regularizers import gamma_l1_regularizer
@@ -297,6 +299,10 @@ class _Program:
   def _side_key(self, manager, tensor: tf.Tensor) -> Tuple:
     """(constant alive channels, tuple of slots) of the channels of `tensor`."""
     slice_regularizers = _slice_regularizers(manager, tensor.op)
+    if (slice_regularizers is not None
+        and op_handler_util.is_channel_split(tensor.op)):
+      slice_regularizers = _split_output_slices(manager, tensor,
+                                                slice_regularizers)
     if slice_regularizers is None:
       return (cost_calculator.static_channel_count(tensor), ())
     const = 0.0
@@ -615,6 +621,29 @@ def _slice_regularizers(manager, op: tf.Operation):
   else:
     members = [regularizer]
   return [(_static_length(member), member) for member in members]
+
+
+def _split_output_slices(manager, tensor: tf.Tensor, slice_regularizers):
+  """The [(size, regularizer)] of one output of a channel split.
+
+  An output of a split holds a range of the split op's channels (as the
+  per-op `CostCalculator` reads it through
+  `split_op_handler.regularizer_of_tensor`): the slices inside that range, or,
+  where the range cuts a slice, the split handler's sliced regularizer of the
+  whole range (read as a generic source).
+  """
+  start, size = op_handler_util.split_output_ranges(tensor.op)[
+      tensor.value_index]
+  result = []
+  offset = 0
+  for length, regularizer in slice_regularizers:
+    begin, end = max(offset, start), min(offset + length, start + size)
+    if begin < end:
+      if (begin, end) != (offset, offset + length):
+        return [(size, split_op_handler.regularizer_of_tensor(manager, tensor))]
+      result.append((length, regularizer))
+    offset += length
+  return result
 
 
 def _static_length(regularizer) -> int:

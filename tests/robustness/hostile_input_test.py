@@ -30,6 +30,7 @@ from morph_net.framework import op_handler_registry
 from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.keras_integration import callback
+from morph_net.keras_integration import model_analysis
 from morph_net.keras_integration import shrink
 from morph_net.keras_integration.layer_structure import LayerStructureExporter
 from morph_net.network_regularizers import flop_regularizer
