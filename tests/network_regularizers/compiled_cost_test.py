@@ -387,6 +387,8 @@ def _check_equal_to_per_op(spec, family, subset_seed):
       return
     built.randomize_gammas(np.random.default_rng(spec.seed))
   else:
+    if not built.kernels:  # No conv or dense: nothing to regularize (rejected).
+      return
     built.randomize_kernels(np.random.default_rng(spec.seed))
   reg = cls.from_keras_model(built.model, **kwargs)
   assert not reg._calculator.program.fallback_ops
