@@ -110,9 +110,9 @@ def next_strength(strength: float, cost: float, target: float, steps: int,
     return strength  # A diverged step: leave the strength alone.
   error = min(1.0, max(-1.0, cost / target - 1.0))
   low, high = STRENGTH_RANGE[0] / target, STRENGTH_RANGE[1] / target
-  value = max(strength, low * 1e-12)  # log of a 0 strength
-  value = math.exp(math.log(value) + rate * max(0, int(steps)) * error)
-  return min(high, max(low, value))
+  log_value = math.log(max(strength, low * 1e-12))  # log of a 0 strength
+  log_value += rate * max(0, int(steps)) * error
+  return math.exp(min(math.log(high), max(math.log(low), log_value)))
 
 
 # ----------------------------------------------------------------------------
