@@ -35,6 +35,14 @@ bisection; the cost never rises when a channel goes); then removed channels
 are put back, the last removed first, wherever the cost stays within the
 target (the last channel removed may save far more than needed). Each group keeps at
 least one channel, so no layer of a plain chain drops to width 0.
+
+**Refill.** With a sharp task the cost can also fall well below the target
+(channels in flight keep dying after the strength turns). The exported
+structure is then filled back up towards the target: dead channels are turned
+back on, the largest regularization value per unit of added cost first
+(scanning the whole list, each one kept if the cost stays within the target).
+Their gammas / norms are near zero, so the trained network's outputs barely
+change; `refill=False` exports the trained structure as is.
 """
 
 from __future__ import annotations
@@ -130,6 +138,8 @@ class Completion:
     completed: True when channels beyond the trained structure were removed.
     reached: False when even one channel per group costs more than the target.
     removed: layer name -> channels removed by the completion.
+    refilled: layer name -> dead channels turned back on (training ended
+      below the target).
     counts: layer name -> alive channels (the exported structure).
     masks: layer name -> per-channel alive mask.
   """
@@ -139,10 +149,16 @@ class Completion:
   completed: bool
   reached: bool
   removed: Dict[str, int]
+  refilled: Dict[str, int]
   counts: Dict[str, int]
   masks: Dict[str, np.ndarray]
 
   def describe(self, cost_name: str = 'cost') -> str:
+    if self.refilled:
+      return (f'training ended at {cost_name} {self.trained_cost:,.6g}, below the target '
+              f'{self.target_cost:,.6g}; {sum(self.refilled.values())} dead channel(s) '
+              'with the largest regularization value per unit of cost were turned back '
+              f'on: exported {cost_name} {self.cost:,.6g}.')
     if not self.completed:
       return (f'{cost_name} {self.trained_cost:,.6g} is within the target '
               f'{self.target_cost:,.6g}: the trained structure is exported as is.')
@@ -159,6 +175,7 @@ class Completion:
     return {'target_cost': self.target_cost, 'trained_cost': self.trained_cost,
             'exported_cost': self.cost, 'completed': self.completed,
             'reached': self.reached, 'removed_channels': dict(self.removed),
+            'refilled_channels': dict(self.refilled),
             'structure': dict(self.counts)}
 
 
@@ -243,8 +260,30 @@ class _MaskedCost:
     return total
 
 
+def _refill(masked: '_MaskedCost', masks: List[np.ndarray], target: float) -> None:
+  """Turns dead channels back on, largest value per unit of cost first, within target."""
+  base = masked.cost(masks)
+  order = []
+  for leaf, (values, alive) in enumerate(zip(masked.values, masks)):
+    dead = np.flatnonzero(~alive)
+    if not len(dead):
+      continue
+    trial = list(masks)
+    trial[leaf] = masks[leaf].copy()
+    trial[leaf][dead[0]] = True
+    extra = masked.cost(trial) - base
+    if extra <= 0.0:
+      continue
+    order.extend((-float(values[i]) / extra, leaf, int(i)) for i in dead)
+  order.sort()
+  for _, leaf, index in order:
+    masks[leaf][index] = True
+    if masked.cost(masks) > target:
+      masks[leaf][index] = False
+
+
 def complete_to_target(network_regularizer, target_cost: float, *,
-                       key_by_layer: bool = True) -> Completion:
+                       key_by_layer: bool = True, refill: bool = True) -> Completion:
   """The trained structure, completed (if needed) to cost <= `target_cost`.
 
   See the module doc for the rule. Evaluated eagerly from the current
@@ -255,6 +294,8 @@ def complete_to_target(network_regularizer, target_cost: float, *,
       `from_keras_model` when `key_by_layer`).
     target_cost: the target, > 0.
     key_by_layer: key the result by Keras layer names (else by op names).
+    refill: when the trained structure is below the target, turn dead
+      channels back on (see the module doc). Defaults to True.
 
   Returns:
     A `Completion`.
@@ -310,11 +351,14 @@ def complete_to_target(network_regularizer, target_cost: float, *,
       final[leaf][index] = True
       if masked.cost(final) > target:
         final[leaf][index] = False
+  refill = refill and trained_cost < target
+  if refill:
+    _refill(masked, final, target)
   final_cost = masked.cost(final)
   exporter = layer_structure.LayerStructureExporter(
       network_regularizer, key_by='layer' if key_by_layer else 'op')
   graph_ops = _graph_ops(network_regularizer)
-  out_masks, counts, removed = {}, {}, {}
+  out_masks, counts, removed, refilled = {}, {}, {}, {}
   for key, op_name in exporter.op_names.items():
     regularizer = network_regularizer.op_regularizer_manager.get_regularizer(
         graph_ops(op_name))
@@ -322,11 +366,13 @@ def complete_to_target(network_regularizer, target_cost: float, *,
     trained = masked.mask_of(regularizer, masks)
     out_masks[key] = mask.copy()
     counts[key] = int(mask.sum())
-    if int(trained.sum()) != counts[key]:
+    if int(trained.sum()) > counts[key]:
       removed[key] = int(trained.sum()) - counts[key]
+    elif int(trained.sum()) < counts[key]:
+      refilled[key] = counts[key] - int(trained.sum())
   return Completion(target_cost=target, trained_cost=trained_cost, cost=final_cost,
-                    completed=any(removed.values()) or final_cost < trained_cost, reached=final_cost <= target, removed=removed,
-                    counts=counts, masks=out_masks)
+                    completed=bool(removed), reached=final_cost <= target,
+                    removed=removed, refilled=refilled, counts=counts, masks=out_masks)
 
 
 def _graph_ops(network_regularizer) -> Callable[[str], tf.Operation]:

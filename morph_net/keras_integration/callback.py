@@ -292,7 +292,7 @@ class MorphNetCallback(keras.callbacks.Callback):
     self.completion = budget.complete_to_target(
         self._regularizer, target, key_by_layer=self._key_by == 'layer')
     message = 'MorphNet: ' + self.completion.describe(self._cost_name)
-    if self.completion.completed:
+    if self.completion.completed or self.completion.refilled:
       logging.warning(message)
     else:
       logging.info(message)

@@ -107,11 +107,25 @@ def ranked():
 
 def test_completion_within_the_target_keeps_the_trained_structure(ranked):
   _, reg = ranked
-  result = budget.complete_to_target(reg, 40000.0)
+  # Turning bn2's dead channel back on would cost _flops(4, 5) = 36884 > 35000.
+  result = budget.complete_to_target(reg, 35000.0)
   assert result.trained_cost == pytest.approx(_flops(4, 4))  # 32272
   assert not result.completed and result.reached
   assert result.counts == {'c1': 4, 'c2': 4}
-  assert result.removed == {}
+  assert result.removed == {} and result.refilled == {}
+  assert 'exported as is' in result.describe()
+
+
+def test_completion_below_the_target_refills_dead_channels(ranked):
+  _, reg = ranked
+  # _flops(4, 5) = 13824 + 23040 + 20 = 36884 <= 40000: bn2 ch3 comes back.
+  result = budget.complete_to_target(reg, 40000.0)
+  assert result.cost == pytest.approx(_flops(4, 5))
+  assert result.refilled == {'c2': 1} and not result.completed
+  np.testing.assert_array_equal(result.masks['c2'], [True] * 5)
+  assert 'turned back on' in result.describe()
+  assert budget.complete_to_target(reg, 40000.0, refill=False).counts == {
+      'c1': 4, 'c2': 4}
 
 
 def test_completion_removes_least_value_per_unit_of_cost_first(ranked):
