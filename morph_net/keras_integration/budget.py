@@ -37,10 +37,12 @@ target (the last channel removed may save far more than needed). Each group keep
 least one channel, so no layer of a plain chain drops to width 0.
 
 **Refill.** With a sharp task the cost can also fall well below the target
-(channels in flight keep dying after the strength turns). The exported
-structure is then filled back up towards the target: dead channels are turned
-back on, the largest regularization value per unit of added cost first
-(scanning the whole list, each one kept if the cost stays within the target).
+(channels in flight keep dying after the strength turns), and a completion
+can stop short of it (group channels are coarse). The exported structure is
+then filled back up towards the target: channels that are off (dead in
+training, or removed) are turned back on, the largest regularization value
+per unit of added cost first (scanning the whole list, each one kept if the
+cost stays within the target).
 Their gammas / norms are near zero, so the trained network's outputs barely
 change; `refill=False` exports the trained structure as is.
 """
@@ -138,8 +140,8 @@ class Completion:
     completed: True when channels beyond the trained structure were removed.
     reached: False when even one channel per group costs more than the target.
     removed: layer name -> channels removed by the completion.
-    refilled: layer name -> dead channels turned back on (training ended
-      below the target).
+    refilled: layer name -> channels dead in training turned back on (net of
+      removals, per layer).
     counts: layer name -> alive channels (the exported structure).
     masks: layer name -> per-channel alive mask.
   """
@@ -154,7 +156,7 @@ class Completion:
   masks: Dict[str, np.ndarray]
 
   def describe(self, cost_name: str = 'cost') -> str:
-    if self.refilled:
+    if self.refilled and not self.completed:
       return (f'training ended at {cost_name} {self.trained_cost:,.6g}, below the target '
               f'{self.target_cost:,.6g}; {sum(self.refilled.values())} dead channel(s) '
               'with the largest regularization value per unit of cost were turned back '
@@ -294,8 +296,8 @@ def complete_to_target(network_regularizer, target_cost: float, *,
       `from_keras_model` when `key_by_layer`).
     target_cost: the target, > 0.
     key_by_layer: key the result by Keras layer names (else by op names).
-    refill: when the trained structure is below the target, turn dead
-      channels back on (see the module doc). Defaults to True.
+    refill: when the structure is below the target, turn channels that are
+      off back on (see the module doc). Defaults to True.
 
   Returns:
     A `Completion`.
@@ -351,8 +353,7 @@ def complete_to_target(network_regularizer, target_cost: float, *,
       final[leaf][index] = True
       if masked.cost(final) > target:
         final[leaf][index] = False
-  refill = refill and trained_cost < target
-  if refill:
+  if refill and masked.cost(final) < target:
     _refill(masked, final, target)
   final_cost = masked.cost(final)
   exporter = layer_structure.LayerStructureExporter(

@@ -136,7 +136,7 @@ def test_completion_removes_least_value_per_unit_of_cost_first(ranked):
   # ch1 .5/8064, bn2 ch1 .3/4612, bn1 ch3 .9/8064, bn2 ch4 .6/4612, bn2 ch2.
   # Target 20000: one removal costs _flops(3, 4) = 24208 > 20000, two
   # _flops(2, 4) = 16144 <= 20000; putting either back exceeds the target.
-  result = budget.complete_to_target(reg, 20000.0)
+  result = budget.complete_to_target(reg, 20000.0, refill=False)
   assert result.completed and result.reached
   assert result.cost == pytest.approx(_flops(2, 4))
   assert result.counts == {'c1': 2, 'c2': 4}
@@ -144,6 +144,10 @@ def test_completion_removes_least_value_per_unit_of_cost_first(ranked):
   np.testing.assert_array_equal(result.masks['c1'], [True, False, False, True])
   np.testing.assert_array_equal(result.masks['c2'], [True, True, True, False, True])
   assert 'completed to 16,144' in result.describe('FLOPs')
+  # Refill: bn2's dead ch3 fits, _flops(2, 5) = 6912 + 11520 + 20 = 18452.
+  result = budget.complete_to_target(reg, 20000.0)
+  assert result.cost == pytest.approx(_flops(2, 5))
+  assert result.counts == {'c1': 2, 'c2': 5} and result.refilled == {'c2': 1}
 
 
 def test_completion_puts_back_what_the_target_allows(ranked):
@@ -151,10 +155,12 @@ def test_completion_puts_back_what_the_target_allows(ranked):
   # Target 12000: k = 3 gives _flops(2, 3) = 13836 > 12000, k = 4 gives
   # _flops(1, 3) = 6924. Put back, last removed first: bn1 ch3 -> 13836 (no),
   # bn2 ch1 -> _flops(1, 4) = 8080 (yes), bn1 ch1 / ch2 -> 16144 (no).
-  result = budget.complete_to_target(reg, 12000.0)
+  result = budget.complete_to_target(reg, 12000.0, refill=False)
   assert result.cost == pytest.approx(_flops(1, 4))
   np.testing.assert_array_equal(result.masks['c1'], [True, False, False, False])
   np.testing.assert_array_equal(result.masks['c2'], [True, True, True, False, True])
+  # Refill then turns bn2's dead ch3 on: _flops(1, 5) = 3456 + 5760 + 20 = 9236.
+  assert budget.complete_to_target(reg, 12000.0).cost == pytest.approx(_flops(1, 5))
 
 
 def test_completion_that_cannot_reach_the_target_says_so(ranked):
