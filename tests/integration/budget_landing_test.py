@@ -69,6 +69,7 @@ def _check_landing(trainer, completion, history):
   assert history['accuracy'][-1] > 0.5  # 4 classes: chance is 0.25
 
 
+@pytest.mark.slow  # ~30 s; readme_test lands the README example in the default suite
 def test_lands_on_the_target_fast_variant():
   trainer, completion, history = land(keras.optimizers.Adam(1e-2), epochs=12)
   _check_landing(trainer, completion, history)
