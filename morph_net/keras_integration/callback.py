@@ -5,7 +5,20 @@ Logged values (per batch and per epoch, so they show in the progress bar, in
   * `<cost_name>` (e.g. `FLOPs`, `ModelSize`, `V100 Latency`): `get_cost()`;
   * `regularization_loss`: strength * `get_regularization_term()` (the raw term
     when no strength is known);
-  * `alive_fraction`: alive / total channels over the exported layers.
+  * `alive_fraction`: alive / total channels over the exported layers;
+  * `strength`: the current regularization strength (when known).
+
+Target mode (a `MorphNetModel` with `target_cost` / `target_fraction`, or the
+callback's own target arguments): after every logged step the strength is
+updated by the rule of `budget` (multiplicative dual ascent on
+cost <= target), and at the end of `fit` the structure within the target is
+exported (`budget.complete_to_target`) as `alive_<step>` with a record
+`alive_<step>.budget.json` beside it, and logged.
+
+When no channel has died after `warn_after_epochs` epochs (default 3) a
+`NoPruningWarning` is issued once, with the smallest |gamma| or norm, the
+threshold, the strength, the learning rate, the steps so far and what to
+change.
 
 Exports `<export_dir>/learned_structure/alive_<step>` (JSON, layer names by
 default) every `export_every_n_steps` steps and/or at each epoch end. The step

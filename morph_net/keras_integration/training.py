@@ -9,8 +9,7 @@ inside the compiled `tf.function`.
 Example:
 
   reg = GammaFlopsRegularizer.from_keras_model(model, gamma_threshold=1e-2)
-  strength = recommend_strength(reg).strength
-  trainer = MorphNetModel(model, reg, regularization_strength=strength)
+  trainer = MorphNetModel(model, reg, target_fraction=0.5)  # or a fixed strength
   trainer.compile(optimizer='adam', loss='sparse_categorical_crossentropy')
   trainer.fit(x, y, callbacks=[MorphNetCallback(reg, export_dir=train_dir)])
 """
