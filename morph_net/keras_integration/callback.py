@@ -132,6 +132,7 @@ class MorphNetCallback(keras.callbacks.Callback):
     self._step_offset = None
     self._last_logs = {}
     self._last_update_step = None
+    self._controlled = (None, None)  # (target, strength) in target mode
     self._warned_no_pruning = False
     self.exported_paths = []
     self.completion: Optional[budget.Completion] = None
@@ -155,6 +156,8 @@ class MorphNetCallback(keras.callbacks.Callback):
   def _strength_now(self) -> Optional[float]:
     if self._strength is not None:
       return self._strength
+    if self._controlled[0] is not None:
+      return self._controlled[1]
     trainer = self._trainer()
     return None if trainer is None else trainer.regularization_strength
 
@@ -202,6 +205,7 @@ class MorphNetCallback(keras.callbacks.Callback):
     self._check_model()
     self._step_offset = None
     self._last_update_step = None
+    self._controlled = (None, None)
     self.completion = None
     trainer = self._trainer()
     target_cost, target_fraction = self._target
@@ -233,18 +237,22 @@ class MorphNetCallback(keras.callbacks.Callback):
           f'{type(theirs).__name__} in the model. Pass trainer.network_regularizer to '
           'the callback.')
 
-  def _adapt_strength(self, cost: float) -> None:
+  def _adapt_strength(self, cost: float, step: int) -> None:
     trainer = self._trainer()
-    target = None if trainer is None else trainer.target_cost
+    if trainer is None:
+      return
+    if self._last_update_step is None:
+      # Read once per fit, after every on_train_begin (e.g. a restore).
+      self._controlled = (trainer.target_cost, trainer.regularization_strength)
+      self._last_update_step = step - 1
+    target, strength = self._controlled
     if target is None:
       return
-    step = self._global_step()
-    if self._last_update_step is None:
-      self._last_update_step = step - 1
     steps = step - self._last_update_step
     self._last_update_step = step
-    trainer.regularization_strength = budget.next_strength(
-        trainer.regularization_strength, cost, target, steps, trainer.adapt_rate)
+    strength = budget.next_strength(strength, cost, target, steps, trainer.adapt_rate)
+    self._controlled = (target, strength)
+    trainer.regularization_strength = strength
 
   def on_train_batch_begin(self, batch, logs=None):
     if self._step_offset is None:
@@ -254,7 +262,7 @@ class MorphNetCallback(keras.callbacks.Callback):
     step = self._global_step()
     if logs is not None and (batch % self._log_every == 0 or not self._last_logs):
       self._last_logs = self.compute_logs()
-      self._adapt_strength(self._last_logs[self._cost_name])
+      self._adapt_strength(self._last_logs[self._cost_name], step)
       self._last_logs['strength'] = self._strength_now()
       if self._last_logs['strength'] is None:
         del self._last_logs['strength']
