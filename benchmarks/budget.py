@@ -13,7 +13,12 @@ one epoch per mode, after a warm-up), medians, for (a) plain Keras, (b)
 MorphNetModel at a fixed strength + MorphNetCallback (logging every step),
 (c) the same in target mode (the controller updates every step).
 
-Usage: python benchmarks/budget.py [--quick]
+Also the controller's own work per update in isolation (the rule, the
+variable write) and the time from the last step to the end of `fit` in
+target mode (the completion). The machine was shared: per-step medians of the
+three modes move by 2x between runs; the isolated figures are steadier.
+
+Usage: python benchmarks/budget.py [--quick] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from morph_net.examples.digits import load_digits  # noqa: E402
 from morph_net.examples.models import small_cnn  # noqa: E402
+from morph_net.keras_integration import budget  # noqa: E402
 from morph_net.keras_integration import callback  # noqa: E402
 from morph_net.keras_integration import training  # noqa: E402
 from morph_net.network_regularizers.flop_regularizer import GammaFlopsRegularizer  # noqa: E402
@@ -106,7 +112,21 @@ def overhead(x, y, rounds):
       if m.startswith('target'):
         end_seconds.append(time.perf_counter() - clock.ends[-1])
   medians = {m: statistics.median(v) for m, v in times.items()}
-  return {'ms_per_step': medians, 'steps_per_epoch': steps, 'rounds': rounds,
+  # The controller's own work per update, in isolation: the rule, and writing
+  # the strength variable.
+  trainer = built[modes[2]][0]
+  per_call = {}
+  for name, fn in (('rule_ms', lambda: budget.next_strength(1e-6, 1.0, 2.0, 1)),
+                   ('assign_ms', lambda: setattr(trainer, 'regularization_strength',
+                                                 1e-6))):
+    samples = []
+    for _ in range(5):
+      start = time.perf_counter()
+      for _ in range(200):
+        fn()
+      samples.append((time.perf_counter() - start) / 200 * 1e3)
+    per_call[name] = statistics.median(samples)
+  return {'ms_per_step': medians, 'controller_update': per_call, 'steps_per_epoch': steps, 'rounds': rounds,
           'train_end_seconds_target_mode': statistics.median(end_seconds),
           'target_vs_fixed': medians[modes[2]] / medians[modes[1]],
           'target_vs_plain': medians[modes[2]] / medians[modes[0]]}
@@ -114,7 +134,8 @@ def overhead(x, y, rounds):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--quick', action='store_true', help='overhead only, 3 rounds')
+  parser.add_argument('--quick', action='store_true', help='overhead only')
+  parser.add_argument('--rounds', type=int, default=5, help='overhead rounds')
   args = parser.parse_args()
   (x, y), _ = load_digits()
   results = {}
@@ -131,7 +152,7 @@ def main():
     results['mobilenet_v2'] = land('MobileNetV2 a0.35 32x32', mobilenet, x32, y[:512],
                                    epochs=12)
     print(json.dumps(results['mobilenet_v2']))
-  results['overhead'] = overhead(x, y, rounds=3 if args.quick else 5)
+  results['overhead'] = overhead(x, y, rounds=args.rounds)
   print(json.dumps(results['overhead']))
   print(f'date {time.strftime("%Y-%m-%d")}, machine {os.cpu_count()} CPU '
         f'{platform.machine()} (shared)')
@@ -144,7 +165,9 @@ def main():
             f'{r["accuracy"]:.3f} |')
   o = results['overhead']
   print('| ' + ' | '.join(f'{v:.2f}' for v in o['ms_per_step'].values())
-        + f' | {o["target_vs_fixed"]:.3f} | {o["target_vs_plain"]:.3f} |')
+        + f' | {o["target_vs_fixed"]:.3f} | {o["target_vs_plain"]:.3f} | '
+        f'{o["controller_update"]["rule_ms"]:.4f} + {o["controller_update"]["assign_ms"]:.2f}'
+        f' | {o["train_end_seconds_target_mode"]:.2f} |')
 
 
 if __name__ == '__main__':
