@@ -21,6 +21,7 @@ from morph_net.keras_integration import budget
 from morph_net.keras_integration import callback
 from morph_net.keras_integration import training
 from morph_net.network_regularizers import flop_regularizer
+from morph_net.network_regularizers import model_size_regularizer
 
 layers = keras.layers
 
@@ -170,6 +171,21 @@ def test_completion_that_cannot_reach_the_target_says_so(ranked):
   assert result.counts == {'c1': 1, 'c2': 1}  # one channel per group kept
   assert result.cost == pytest.approx(_flops(1, 1))
   assert 'cannot be reached' in result.describe()
+
+
+def test_completion_for_model_size(ranked):
+  model, _ = ranked
+  reg = model_size_regularizer.GammaModelSizeRegularizer.from_keras_model(model, 0.1)
+  # Weights: c1 3*3*3 * A1 + c2 3*3 * A1 * A2 + fc A2 * 2; (4, 4): 260.
+  # Savings at (4, 4): bn1 27 + 9 * 4 = 63, bn2 9 * 4 + 2 = 38. Order: bn1 ch2
+  # (.2/63), bn2 ch1 (.3/38 = .00789), bn1 ch1 (.5/63 = .00794), ...
+  # Target 150: (3, 4) 197, (3, 3) 168, (2, 3) 54 + 54 + 6 = 114 <= 150.
+  # Put back: bn1 ch1 -> 168 (no), bn2 ch1 -> (2, 4) 54 + 72 + 8 = 134 (yes),
+  # bn1 ch2 -> 197 (no). Refill: bn1 +63 -> 197, bn2 ch3 +20 -> 154: no.
+  result = budget.complete_to_target(reg, 150.0)
+  assert result.trained_cost == 260 and result.cost == 134
+  np.testing.assert_array_equal(result.masks['c1'], [True, False, False, True])
+  np.testing.assert_array_equal(result.masks['c2'], [True, True, True, False, True])
 
 
 # ----------------------------------------------------------------------------
