@@ -227,6 +227,9 @@ def add_expand_parser(subparsers) -> None:
   parser.add_argument('--costs-json', default=None,
                       help='where to write the costs. Default: <output without .keras>'
                       '_costs.json')
+  parser.add_argument('--input-shape', type=common.parse_input_shape, default=None,
+                      help='input shape with batch first, e.g. 1,32,32,3, for a model of '
+                      'unknown input size. Default: the model\'s own')
   parser.add_argument('--max-width-multiplier', type=common.positive_float(
       '--max-width-multiplier'), default=64.0, help='search bound for w. Default: 64')
   common.one_line_errors(parser)
@@ -251,7 +254,8 @@ def run_expand(args: argparse.Namespace) -> int:
   cls, kwargs = common.regularizer_arguments(args.regularizer, cost, 0.0, args.hardware)
   structure = _load_structure(args.structure)
   model = common.load_model(args.model)
-  cost_fn = expand.regularizer_cost_fn(cls, **kwargs)
+  input_shape = common.check_input_shape(model, args.input_shape)
+  cost_fn = expand.regularizer_cost_fn(cls, input_shape=input_shape, **kwargs)
   with common.quiet_tensorflow_warnings():
     seed_cost = cost_fn(shrink.shrink_model(model, {}))
     if target is None:
@@ -261,7 +265,8 @@ def run_expand(args: argparse.Namespace) -> int:
     result = expand.expand_structure(model, args.structure, target_cost, cost_fn,
                                      max_width_multiplier=args.max_width_multiplier)
     expanded = shrink.shrink_model(model, result.widths)
-    cost_name = cls.from_keras_model(expanded, **kwargs).cost_name
+    cost_name = cls.from_keras_model(expanded, input_shape=input_shape,
+                                     **kwargs).cost_name
   record = {'cost': cost, 'cost_name': cost_name, 'regularizer': cls.__name__,
             'hardware': args.hardware if cost == 'latency' else None,
             'learned_structure': expand.learned_counts(structure)}

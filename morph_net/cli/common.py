@@ -196,3 +196,54 @@ def format_structure_table(before: Dict[str, int], after: Dict[str, int],
   for name in names:
     lines.append(f'{name:<{width}} {before.get(name, "-")!s:>10} {after.get(name, "-")!s:>10}')
   return '\n'.join(lines)
+
+
+def parse_input_shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+  """'1,32,32,3' -> (1, 32, 32, 3) (batch first, every size >= 1); None stays None."""
+  if text is None:
+    return None
+  try:
+    shape = tuple(int(part) for part in text.replace('x', ',').split(','))
+  except ValueError:
+    shape = ()
+  if len(shape) < 2 or any(size < 1 for size in shape):
+    raise argparse.ArgumentTypeError(
+        '--input-shape must be comma-separated integers >= 1, batch first, e.g. '
+        f'1,32,32,3. Received: {text!r}')
+  return shape
+
+
+def check_input_shape(model, shape: Optional[Tuple[int, ...]],
+                      source: str = '--input-shape') -> Optional[Tuple[int, ...]]:
+  """Raises CliError if `shape` (batch first) does not fit the model's input."""
+  if shape is None:
+    return None
+  inputs = getattr(model, 'inputs', None) or []
+  if len(inputs) != 1:
+    raise CliError(f'{source}: model {model.name!r} has {len(inputs)} inputs; one input '
+                   'shape cannot describe them.')
+  expected = tuple(inputs[0].shape[1:])
+  got = tuple(shape[1:])
+  if len(got) != len(expected) or any(e is not None and e != g
+                                      for e, g in zip(expected, got)):
+    raise CliError(
+        f'{source} gives examples of shape {got}, but model {model.name!r} takes inputs '
+        f'of shape {expected} (None: any size). Received: {source}='
+        f'{",".join(map(str, shape))}.')
+  return tuple(shape)
+
+
+def warn_unused(flag: str, reason: str) -> None:
+  """Prints a one-line warning naming a flag that does not apply."""
+  print(f'morphnet: warning: {flag} is ignored: {reason}.', file=sys.stderr)
+
+
+def model_order(model, names) -> list:
+  """`names` (structure keys) in the order of the model's layers."""
+  position = {layer.name: index for index, layer in enumerate(model.layers)}
+
+  def key(name):
+    base = name.split('/')[0]
+    return (position.get(base, len(position)), name.endswith('/depthwise') is False, name)
+
+  return sorted(names, key=key)

@@ -60,6 +60,7 @@ import tensorflow as tf
 
 from morph_net.framework import generic_regularizers
 from morph_net.keras_integration import batch_norm_recalibration
+from morph_net.keras_integration import budget
 from morph_net.keras_integration import callback as callback_lib
 from morph_net.keras_integration import expand
 from morph_net.keras_integration import layer_structure
@@ -90,6 +91,8 @@ class IterationResult:
       recalibrated and fine-tuned (None unless `recalibrate_steps` or
       `fine_tune_epochs` is set).
     fine_tune_logs: last epoch's logs of its fine-tuning ({} if none).
+    shrink: in target mode, the shrink target and whether O' was completed to
+      it (`budget.Completion.as_dict()`); else None.
   """
   iteration: int
   directory: str
@@ -101,6 +104,7 @@ class IterationResult:
   retrain_logs: Dict[str, float]
   pruned_model: Optional[keras.Model] = None
   fine_tune_logs: Dict[str, float] = dataclasses.field(default_factory=dict)
+  shrink: Optional[Dict[str, Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,10 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
                  input_shape: Any = None,
                  max_width_multiplier: float = 64.0,
                  recalibrate_steps: int = 0,
-                 fine_tune_epochs: int = 0) -> MorphNetRunResult:
+                 fine_tune_epochs: int = 0,
+                 shrink_target_cost: Optional[float] = None,
+                 shrink_target_fraction: Optional[float] = None
+                 ) -> MorphNetRunResult:
   """Runs `iterations` rounds of learn / shrink / expand / retrain.
 
   Args:
@@ -170,6 +177,13 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
     fine_tune_epochs: epochs of fine-tuning of the pruned model (the trained
       model shrunk with its weights, after recalibration), with
       `compile_kwargs` and `fit_kwargs`. Defaults to 0.
+    shrink_target_cost / shrink_target_fraction: train each round in target
+      mode (`MorphNetModel(target_cost=...)`, the strength adapts, see
+      `budget`) to this cost, or this fraction of the round's initial cost
+      (`get_cost()` of the model at the start of the round); O' is
+      then the structure within that target (completed if training stopped
+      above it), which is expanded back to `target_cost`: the paper's
+      shrink-to-a-target-then-expand loop.
 
   Returns:
     A MorphNetRunResult.
@@ -193,6 +207,7 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
     raise ValueError(
         'compile_kwargs must give at least `optimizer` and `loss`. Received: '
         f'{sorted(compile_kwargs)}.')
+  budget.check_target(shrink_target_cost, shrink_target_fraction)
   regularizer_kwargs = dict(regularizer_kwargs or {})
   fit_kwargs = dict(fit_kwargs or {})
   current = model() if callable(model) and not isinstance(model, keras.Model) else model
@@ -218,13 +233,19 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
         current, input_shape=input_shape, **regularizer_kwargs)
     strength = (training.recommend_strength(regularizer).strength
                 if regularization_strength is None else float(regularization_strength))
-    trainer = training.MorphNetModel(current, regularizer,
-                                     regularization_strength=strength)
+    trainer = training.MorphNetModel(
+        current, regularizer, regularization_strength=strength,
+        target_cost=shrink_target_cost, target_fraction=shrink_target_fraction)
     trainer.compile(**_fresh_compile_kwargs(compile_kwargs))
     morphnet_callback = callback_lib.MorphNetCallback(regularizer, export_dir=directory)
     train_logs = _fit(trainer, train_data, epochs, fit_kwargs, [morphnet_callback])
-    # 2. The learned structure O'.
-    learned = layer_structure.LayerStructureExporter(regularizer).alive_counts()
+    # 2. The learned structure O' (within the shrink target in target mode).
+    if trainer.target_cost is not None and morphnet_callback.completion is None:
+      morphnet_callback.completion = budget.complete_to_target(  # epochs == 0
+          regularizer, trainer.target_cost)
+    completion = morphnet_callback.completion
+    learned = (layer_structure.LayerStructureExporter(regularizer).alive_counts()
+               if completion is None else dict(completion.counts))
     structure_io.save_structure(os.path.join(directory, 'learned_structure.json'), learned)
     pruned, fine_tune_logs = None, {}
     if recalibrate_steps or fine_tune_epochs:
@@ -246,7 +267,8 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
         iteration=index, directory=directory, learned_structure=learned,
         expansion=expansion, regularization_strength=strength,
         cost_name=regularizer.cost_name, train_logs=train_logs,
-        retrain_logs=retrain_logs, pruned_model=pruned, fine_tune_logs=fine_tune_logs)
+        retrain_logs=retrain_logs, pruned_model=pruned, fine_tune_logs=fine_tune_logs,
+        shrink=None if completion is None else completion.as_dict())
     _write_json(os.path.join(directory, 'costs.json'), _costs_record(result))
     results.append(result)
     _write_json(os.path.join(output_dir, 'morphnet_run.json'), {
@@ -321,6 +343,8 @@ def _costs_record(result: IterationResult) -> Dict[str, Any]:
       'retrain_logs': result.retrain_logs,
       'fine_tune_logs': result.fine_tune_logs,
   }
+  if result.shrink is not None:
+    record['shrink'] = result.shrink
   record.update(result.expansion.as_dict())
   return record
 

@@ -160,3 +160,9 @@ def test_mirrored_strategy_matches_single_device(float32_reference):
   assert report['gamma_changed']  # the mirrored gammas were trained
   # The epoch-end log is the cost of the trained weights.
   assert history['FLOPs'][0] == pytest.approx(report['cost_after_fit'], rel=1e-6)
+  # Target mode under the strategy: the strength grows while above the target
+  # (at most x e^0.05 per step: 4 steps), and the export is within the target.
+  target = report['target']
+  assert target['initial_strength'] < target['strength'][0] <= (
+      target['initial_strength'] * np.exp(0.05 * 4) * (1 + 1e-6))
+  assert target['exported_cost'] <= target['target_cost']

@@ -108,15 +108,31 @@ def _distributed_main():
   before = gamma.numpy()
   history = trainer.fit(x, y, batch_size=16, epochs=1, verbose=0,
                         callbacks=[callback.MorphNetCallback(mirrored_reg)])
+  cost_after_fit = float(mirrored_reg.get_cost())
+  gamma_changed = bool(not np.array_equal(gamma.numpy(), before))
+  # Target mode: the strength adapts from the callback, in cross-replica context.
+  with strategy.scope():
+    target_trainer = training.MorphNetModel(mirrored_model, mirrored_reg,
+                                            target_fraction=0.5, adapt_rate=0.05)
+    target_trainer.compile(optimizer=keras.optimizers.Adam(0.01),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  initial_strength = target_trainer.regularization_strength
+  target_callback = callback.MorphNetCallback(mirrored_reg)
+  target_history = target_trainer.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                                      callbacks=[target_callback])
   print(json.dumps({
+      'target': {'initial_strength': initial_strength,
+                 'strength': target_history.history['strength'],
+                 'target_cost': target_trainer.target_cost,
+                 'exported_cost': target_callback.completion.cost},
       'replicas': strategy.num_replicas_in_sync,
       'variable_type': type(mirrored_model.get_layer('c1_bn').gamma.value).__name__,
       'single': single,
       'mirrored': mirrored,
       'per_replica': per_replica,
       'history': history.history,
-      'gamma_changed': bool(not np.array_equal(gamma.numpy(), before)),
-      'cost_after_fit': float(mirrored_reg.get_cost()),
+      'gamma_changed': gamma_changed,
+      'cost_after_fit': cost_after_fit,
   }))
 
 

@@ -149,9 +149,10 @@ def test_raw_term_without_a_strength():
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   x, y = _data()
   recorder = _BatchRecorder()
-  # A plain model (no MorphNetModel): no strength known, the raw term is logged.
+  # A plain model (no MorphNetModel) monitored knowingly: no strength known,
+  # the raw term is logged.
   model.fit(x, y, batch_size=8, epochs=1, verbose=0,
-            callbacks=[callback.MorphNetCallback(reg), recorder])
+            callbacks=[callback.MorphNetCallback(reg, monitor_only=True), recorder])
   _assert_logged(recorder.logs[-1], _expected_logs(strength=1.0))
   # An explicit strength is used as given.
   logs = callback.MorphNetCallback(reg, regularization_strength=0.5).compute_logs()

@@ -106,3 +106,31 @@ def test_model_must_be_a_keras_model(tmp_path):
     morphnet_loop.run_morphnet(lambda: 'not a model', _data(), output_dir=str(tmp_path),
                                compile_kwargs=_compile_kwargs(),
                                regularizer_class=GammaFlopsRegularizer)
+
+
+def test_shrink_to_a_target_then_expand_back(tmp_path):
+  result = morphnet_loop.run_morphnet(
+      _model_fn, _data(), output_dir=str(tmp_path / 'run'),
+      compile_kwargs=_compile_kwargs(), regularizer_class=GammaFlopsRegularizer,
+      regularizer_kwargs=dict(gamma_threshold=0.3), iterations=1, epochs=1,
+      retrain_epochs=0, shrink_target_fraction=0.6,
+      fit_kwargs=dict(batch_size=8, verbose=0))
+  iteration = result.iterations[0]
+  # cost(a, b) = 3456 a + 1152 a b + 4 b. The initial cost is that of the
+  # alive channels, (6, 4): 48400, so the shrink target is 0.6 * 48400 = 29040.
+  # Saving of one channel at (6, 4): c1 3456 + 1152 * 4 = 8064; c2 1152 * 6
+  # + 4 = 6916; gammas ~1, so c1's go first: (4, 4) 32272 > 29040,
+  # (3, 4) 10368 + 13824 + 16 = 24208 <= 29040. Refill: a dead c2 channel
+  # (gamma 0.05) adds 1152 * 3 + 4 = 3460: (3, 5) 27668 <= 29040; a second
+  # one or a c1 channel would exceed.
+  assert iteration.shrink['completed']
+  assert iteration.shrink['target_cost'] == pytest.approx(29040)
+  assert iteration.learned_structure == {'c1': 3, 'c2': 5}
+  assert iteration.expansion.shrunk_cost == 27668
+  # Expanded back to the seed's 76064: c1 = round(3 w) steps at w = 1.5, 1.833,
+  # c2 = round(5 w) at 1.5, 1.7, 1.9: (5, 9) at w = 1.7 costs
+  # 17280 + 51840 + 36 = 69156 <= 76064; (6, 9) at 1.833 costs 82980.
+  assert iteration.expansion.widths == {'c1': 5, 'c2': 9}
+  assert iteration.expansion.expanded_cost == 69156
+  with open(os.path.join(iteration.directory, 'costs.json')) as f:
+    assert json.load(f)['shrink']['exported_cost'] == 27668

@@ -130,7 +130,7 @@ def test_bad_strength_values(model_and_reg, strength):
   assert trainer.regularization_strength == 1.0
 
 
-@pytest.mark.parametrize('strength', ['strong', None, [1.0]])
+@pytest.mark.parametrize('strength', ['strong', '1e-7', b'1', True, [1.0]])
 def test_bad_strength_types(model_and_reg, strength):
   model, reg = model_and_reg
   with pytest.raises(TypeError, match='regularization_strength must be a number'):
