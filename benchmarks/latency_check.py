@@ -293,6 +293,10 @@ def plot(family: str, predictors: Dict[str, np.ndarray], measured: np.ndarray,
   plt.close(fig)
 
 
+def _seed_suffix(args) -> str:
+  return f'_seed{args.seed}' if args.seed else ''
+
+
 def run_family(family: str, args, calibrated, device: str) -> Dict:
   from morph_net.network_regularizers import resource_function as rf  # pylint: disable=g-import-not-at-top
   builder, seed_widths = FAMILIES[family]
@@ -342,7 +346,7 @@ def run_family(family: str, args, calibrated, device: str) -> Dict:
         name: spearman([c[f'{name}_b{b}'] for c in costs], measured[:, col])
         for name in datasheet_names}
   os.makedirs(RESULTS_DIR, exist_ok=True)
-  png = os.path.join(RESULTS_DIR, f'latency_check_{family}_{args.widths}.png')
+  png = os.path.join(RESULTS_DIR, f'latency_check_{family}_{args.widths}{_seed_suffix(args)}.png')
   plot(family, predictors, measured, stats, png)
   return {'family': family, 'num_models': args.num_models, 'widths': widths,
           'costs': costs, 'measured_s': measured.tolist(), 'stats': stats, 'plot': png,
@@ -413,14 +417,15 @@ def main(argv=None) -> int:
              'Spearman FLOPs / V100 / calibrated (/ broadcast bw)',
              'median rel. err. FLOPs / V100 / calibrated (/ broadcast bw)',
              'rel. err. after best scale FLOPs / V100 / calibrated (/ broadcast bw)'],
-            [family, args.widths, f'{kind}, {args.threads or "auto"}', b, args.num_models,
+            [family, args.widths + (f' (seed {args.seed})' if args.seed else ''),
+             f'{kind}, {args.threads or "auto"}', b, args.num_models,
              f'{measured[:, col].min() * 1e3:.2f}..{measured[:, col].max() * 1e3:.2f}',
              ' / '.join(f'{s[n]["spearman"]:.3f}' for n in names),
              ' / '.join(f'{s[n]["median_rel_error"]:.2f}' for n in names),
              ' / '.join(f'{s[n]["median_rel_error_after_scale"]:.2f}' for n in names)],
             keep=12)
   results['seconds'] = time.perf_counter() - start
-  path = os.path.join(RESULTS_DIR, f'latency_check_{kind}_{args.widths}.json')
+  path = os.path.join(RESULTS_DIR, f'latency_check_{kind}_{args.widths}{_seed_suffix(args)}.json')
   from morph_net.tools import structure_exporter  # pylint: disable=g-import-not-at-top
   structure_exporter.write_file_atomically(path, json.dumps(results, indent=1) + '\n')
   print(f'\nwrote {os.path.relpath(path)} ({results["seconds"]:.0f} s in all)')

@@ -37,7 +37,6 @@ import json
 import math
 import numbers
 import os
-import types
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from morph_net.network_regularizers import cost_calculator
@@ -112,7 +111,7 @@ class Hardware:
             f'type reaches. Received: {field}={value!r}. Raise peak_compute '
             'instead.')
       checked[op_type] = value
-    object.__setattr__(self, 'op_efficiency', types.MappingProxyType(checked))
+    object.__setattr__(self, 'op_efficiency', checked)  # a copy: picklable
     if not isinstance(self.description, str):
       raise TypeError('description must be a string. '
                       f'Received: description={self.description!r}.')

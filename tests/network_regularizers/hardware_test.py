@@ -11,9 +11,11 @@ Latency (ns) = max(FLOPs / (peak * efficiency[op type]), bytes / bandwidth).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import pickle
 
 import keras
 import numpy as np
@@ -163,6 +165,16 @@ def test_save_and_load_round_trip(tmp_path):
   assert hardware.load(path) == hw  # os.PathLike
   assert hardware.resolve(str(path)) == hw  # a path where a name goes
   assert hardware.resolve(path) == hw
+
+
+def test_descriptions_copy_and_pickle():
+  hw = hardware.Hardware('p', 1, 2, op_efficiency={'Conv2D': 0.5}, measurements={'a': [1]})
+  assert pickle.loads(pickle.dumps(hw)) == hw
+  assert copy.deepcopy(hw) == hw
+  efficiency = {'Conv2D': 0.5}
+  hw = hardware.Hardware('p', 1, 2, op_efficiency=efficiency)
+  efficiency['Conv2D'] = 0.1  # the description keeps its own copy
+  assert hw.efficiency('Conv2D') == 0.5
 
 
 def test_hand_written_minimal_file(tmp_path):
