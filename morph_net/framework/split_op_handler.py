@@ -31,6 +31,7 @@ input).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, List
 
@@ -144,6 +145,7 @@ class SplitOpHandler(op_handler.OpHandler):
 _tensor_regularizers = weakref.WeakKeyDictionary()
 
 
+@tf.autograph.experimental.do_not_convert
 def regularizer_of_tensor(op_reg_manager: Any, tensor: tf.Tensor) -> Any:
   """The `OpRegularizer` of the channels of `tensor`, or None.
 
@@ -172,6 +174,10 @@ def regularizer_of_tensor(op_reg_manager: Any, tensor: tf.Tensor) -> Any:
   if cached is not None and cached[0] is regularizer:
     return cached[1]
   sliced = concat_and_slice_regularizers.SlicingReferenceRegularizer(
-      lambda: regularizer, start, size)
+      functools.partial(_identity, regularizer), start, size)
   cache[key] = (regularizer, sliced)
   return sliced
+
+
+def _identity(value: Any) -> Any:
+  return value

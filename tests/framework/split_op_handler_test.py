@@ -138,3 +138,14 @@ def test_reordered_concat_of_all_outputs_follows_the_ranges(mode):
   assert group(cat, 0) is group(relu0, 1)
   assert group(cat, 1) is group(relu0, 0)
   assert group(relu0, 0) is not group(relu0, 1)
+
+
+def test_split_cost_inside_tf_function():
+  # The cost calculator reads split outputs' ranges inside an autograph
+  # tf.function too (e.g. a compiled train step).
+  gamma0 = np.array([1., 1., 0., 0., 0., 0., 1., 1.])
+  built = graph_modes.build(graph_modes.TRACED, _csp_net(gamma0, np.array([1., 0., 1., 0.])),
+                            _IMAGE)
+  reg = flop_regularizer.GammaFlopsRegularizer([built.output.op], _THRESHOLD)
+  expected = 2 * _S * 3 * 5 + 2 * _S * 9 * 3 * 3 + 2 * _S * 5 * 5
+  assert float(tf.function(reg.get_cost)()) == pytest.approx(expected)
