@@ -234,7 +234,6 @@ class _Program:
     # Group blocks: kind -> list of (regularizer, size, [member leaves]).
     self._groups: Dict[str, List[Tuple[Any, int, List[_Leaf]]]] = {
         'max': [], 'prob': [], 'l2': []}
-    self._group_of: Dict[int, Tuple[str, int]] = {}
     self._slots: List[Tuple[str, int]] = []  # ('leaf', leaf idx) / (kind, idx)
     self._slot_of: Dict[int, int] = {}
     self._keep_alive = []  # Regularizers indexed by id().
