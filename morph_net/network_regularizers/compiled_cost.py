@@ -332,40 +332,59 @@ class _Program:
         self._generic_leaves.append(leaf)
       else:
         self._gamma_leaves.append((leaf, spec))
-    # Source channel order: gamma leaves, then generic leaves; map each
-    # leaf's offset to its position in that order.
-    position = {}
-    cursor = 0
-    for leaf, _ in self._gamma_leaves:
-      position[id(leaf)] = cursor
-      cursor += leaf.size
-    for leaf in self._generic_leaves:
-      position[id(leaf)] = cursor
-      cursor += leaf.size
-    self._leaf_position = position
-    # Gamma gather: unique sources, read once each.
+    # Gamma sources: unique variables, read once each and concatenated.
     self._gamma_sources = []
     source_offset = {}
     total_length = 0
-    gather = []
-    thresholds = []
-    for _, (source, begin, size, threshold) in self._gamma_leaves:
+    starts = []
+    for _, (source, begin, _, _) in self._gamma_leaves:
       key = id(source)
       if key not in source_offset:
         source_offset[key] = total_length
         total_length += int(lazy_evaluation.static_shape(source)[0])
         self._gamma_sources.append(source)
-      start = source_offset[key] + begin
-      gather.extend(range(start, start + size))
-      thresholds.extend([threshold] * size)
+      starts.append(source_offset[key] + begin)
+    # When the gamma leaves partition the variables (every channel read by
+    # exactly one leaf, e.g. a batch norm sliced by a concat), the source
+    # vector is the concatenation itself: no gather.
+    covered = np.zeros([total_length], np.int32)
+    for start, (leaf, _) in zip(starts, self._gamma_leaves):
+      covered[start:start + leaf.size] += 1
+    self._gamma_identity = bool(np.all(covered == 1))
+    position = {}
+    gather = []
+    thresholds = np.zeros([total_length if self._gamma_identity else 0],
+                          np.float32)
+    threshold_list = []  # One per leaf.
+    channel_thresholds = []  # One per gathered channel.
+    cursor = total_length if self._gamma_identity else 0
+    for start, (leaf, (_, _, size, threshold)) in zip(starts,
+                                                      self._gamma_leaves):
+      if self._gamma_identity:
+        position[id(leaf)] = start
+        thresholds[start:start + size] = threshold
+      else:
+        position[id(leaf)] = cursor
+        cursor += size
+        gather.extend(range(start, start + size))
+        channel_thresholds.extend([threshold] * size)
+      threshold_list.append(threshold)
+    for leaf in self._generic_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+    self._leaf_position = position
     self._gamma_gather = np.array(gather, np.int32)
-    self._gamma_identity = bool(
-        len(gather) == total_length
-        and np.array_equal(self._gamma_gather, np.arange(len(gather))))
-    self._gamma_thresholds = np.array(thresholds, np.float32)
+    self._gamma_thresholds = (thresholds if self._gamma_identity
+                              else np.array(channel_thresholds, np.float32))
     self._gamma_uniform_threshold = (
-        float(thresholds[0]) if thresholds and len(set(thresholds)) == 1
-        else None)
+        float(threshold_list[0])
+        if threshold_list and len(set(threshold_list)) == 1 else None)
+    # Max groups of gamma leaves with one threshold t: OR(|g_i| > t) is
+    # max|g_i| > t, so their alive vector follows from the grouped vector.
+    gamma_leaf_ids = {id(leaf) for leaf, _ in self._gamma_leaves}
+    self._max_alive_from_reg = self._gamma_uniform_threshold is not None and all(
+        id(leaf) in gamma_leaf_ids
+        for _, _, leaves in self._groups['max'] for leaf in leaves)
     # Group blocks come after the sources in the channel space G.
     num_sources = cursor
     block_offset = {}
@@ -465,6 +484,8 @@ class _Program:
                                                    segment, count))
       if kind == 'l2':
         alive = tf.cast(reg > thresholds, tf.float32)
+      elif kind == 'max' and self._max_alive_from_reg:
+        alive = tf.cast(reg > self._gamma_uniform_threshold, tf.float32)
       else:
         alive = tf.math.unsorted_segment_max(
             tf.gather(source_alive, gather_index), segment, count)
