@@ -1,7 +1,7 @@
 """Benchmark: analysis and first evaluation of cost and term, per model.
 
 For each Keras model (224x224, batch 1, GammaFlopsRegularizer; models without
-batch norm: GroupLassoFlopsRegularizer) it reports
+batch-norm gammas: GroupLassoFlopsRegularizer, marked (GL)) it reports
 
   trace s, analysis s, first get_cost() s, first get_regularization_term() s,
   eager get_cost() ms per call (median), cost-function nodes (ops in the
@@ -68,7 +68,7 @@ def measure_one(name: str, size: int, per_op: bool) -> dict:
   start = time.perf_counter()
   traced = tracing.trace_model(model)
   traced_at = time.perf_counter()
-  if any(isinstance(layer, keras.layers.BatchNormalization)
+  if any(isinstance(layer, keras.layers.BatchNormalization) and layer.scale
          for layer in tracing._all_layers(model)):  # pylint: disable=protected-access
     reg = flop_regularizer.GammaFlopsRegularizer(traced.output_ops,
                                                  gamma_threshold=1e-2)
@@ -221,7 +221,7 @@ def measure_fit(name: str, size: int, steps: int = 5) -> dict:
   def term_step():
     with tf.GradientTape() as tape:
       term = reg.get_regularization_term()
-    return tape.gradient(term, variables, unconnected_gradients='zero')
+    return [g for g in tape.gradient(term, variables) if g is not None]
 
   functions = {'plain': tf.function(lambda: step(False)),
                'morph': tf.function(lambda: step(True)),
