@@ -397,10 +397,12 @@ class _Program:
       thresholds = []
       channel = 0
       for _, size, leaves in self._groups[kind]:
-        for leaf in leaves:
-          start = position[id(leaf)]
-          gather_index.extend(range(start, start + size))
-          segment.extend(range(channel, channel + size))
+        # Channel-major (all members of channel j, then j + 1): the segment
+        # ids are sorted, for the faster sorted segment reductions.
+        starts = [position[id(leaf)] for leaf in leaves]
+        for j in range(size):
+          gather_index.extend(start + j for start in starts)
+          segment.extend([channel + j] * len(starts))
         channel += size
       if kind == 'l2':
         for regularizer, size, _ in self._groups[kind]:
@@ -428,6 +430,14 @@ class _Program:
         size = self._groups[kind][index][1]
       channel_slot[start:start + size] = slot_index
     self._channel_slot = channel_slot
+    # Runs of equal slot along the channels (each slot is one contiguous run):
+    # a sorted segment sum per run, then a small one from runs to slots.
+    change = np.flatnonzero(np.diff(channel_slot)) + 1
+    run_ids = np.zeros([num_channels], np.int32)
+    run_ids[change] = 1
+    self._run_ids = np.cumsum(run_ids, dtype=np.int32)
+    self._run_slot = channel_slot[np.concatenate([[0], change]).astype(
+        np.int64)] if num_channels else np.zeros([0], np.int32)
     self.num_slots = num_slots
     self.num_channels = num_channels
     # Sides: gather slots, segment-sum into sides.
@@ -475,20 +485,19 @@ class _Program:
         continue
       member_reg = tf.gather(source_reg, gather_index)
       if kind == 'max':
-        reg = tf.math.unsorted_segment_max(member_reg, segment, count)
+        reg = tf.math.segment_max(member_reg, segment)
       elif kind == 'prob':
         reg = 1.0 - tf.math.unsorted_segment_prod(1.0 - member_reg, segment,
                                                   count)
       else:
-        reg = tf.sqrt(tf.math.unsorted_segment_sum(tf.square(member_reg),
-                                                   segment, count))
+        reg = tf.sqrt(tf.math.segment_sum(tf.square(member_reg), segment))
       if kind == 'l2':
         alive = tf.cast(reg > thresholds, tf.float32)
       elif kind == 'max' and self._max_alive_from_reg:
         alive = tf.cast(reg > self._gamma_uniform_threshold, tf.float32)
       else:
-        alive = tf.math.unsorted_segment_max(
-            tf.gather(source_alive, gather_index), segment, count)
+        alive = tf.math.segment_max(tf.gather(source_alive, gather_index),
+                                    segment)
       regs.append(reg)
       alives.append(alive)
     reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
@@ -506,10 +515,12 @@ class _Program:
     reg, alive = self._channel_vectors()
     # Sums per slot in float32 (exact for counts; as precise as the per-op
     # path's reduce_sum for regularization), then float64 for the products.
-    slot_alive = tf.cast(tf.math.unsorted_segment_sum(
-        alive, self._channel_slot, self.num_slots + 1), tf.float64)
-    slot_reg = tf.cast(tf.math.unsorted_segment_sum(
-        reg, self._channel_slot, self.num_slots + 1), tf.float64)
+    slot_alive = tf.math.unsorted_segment_sum(
+        tf.cast(tf.math.segment_sum(alive, self._run_ids), tf.float64),
+        self._run_slot, self.num_slots + 1)
+    slot_reg = tf.math.unsorted_segment_sum(
+        tf.cast(tf.math.segment_sum(reg, self._run_ids), tf.float64),
+        self._run_slot, self.num_slots + 1)
     if not len(self._side_gather):
       return const, tf.zeros_like(const)
     alive_sum = tf.math.unsorted_segment_sum(
