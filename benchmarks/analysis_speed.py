@@ -1,6 +1,7 @@
 """Benchmark: analysis and first evaluation of cost and term, per model.
 
-For each Keras model (224x224, batch 1, GammaFlopsRegularizer) it reports
+For each Keras model (224x224, batch 1, GammaFlopsRegularizer; models without
+batch-norm gammas: GroupLassoFlopsRegularizer, marked (GL)) it reports
 
   trace s, analysis s, first get_cost() s, first get_regularization_term() s,
   eager get_cost() ms per call (median), cost-function nodes (ops in the
@@ -17,7 +18,7 @@ checks the values agree; `--graph` times building cost and term for a
 ResNet-152 v1 graph in tf.compat.v1 mode, per-op vs compiled.
 
 Run: python benchmarks/analysis_speed.py [--all] [--per-op] [--graph]
-     [--record] [--models ResNet50 DenseNet201 ...]
+     [--record] [--models ResNet50 DenseNet201 ...] [--fit DenseNet201]
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ def measure_one(name: str, size: int, per_op: bool) -> dict:
   start = time.perf_counter()
   traced = tracing.trace_model(model)
   traced_at = time.perf_counter()
-  reg = flop_regularizer.GammaFlopsRegularizer(traced.output_ops,
-                                               gamma_threshold=1e-2)
+  if any(isinstance(layer, keras.layers.BatchNormalization) and layer.scale
+         for layer in tracing._all_layers(model)):  # pylint: disable=protected-access
+    reg = flop_regularizer.GammaFlopsRegularizer(traced.output_ops,
+                                                 gamma_threshold=1e-2)
+  else:  # No batch norm (VGG, ConvNeXt): group lasso on the kernels.
+    reg = flop_regularizer.GroupLassoFlopsRegularizer(traced.output_ops,
+                                                      threshold=1e-2)
   analysed_at = time.perf_counter()
   rss_before = _rss_mib()
   cost = float(reg.get_cost())
@@ -84,7 +90,8 @@ def measure_one(name: str, size: int, per_op: bool) -> dict:
   rss_after = _rss_mib()
   manager = reg.op_regularizer_manager
   row = dict(
-      model=name, ops=len(manager.ops),
+      model=name if isinstance(reg, flop_regularizer.GammaFlopsRegularizer)
+      else name + ' (GL)', ops=len(manager.ops),
       slices=sum(len(manager.get_op_slices(op)) for op in manager.ops),
       flops=cost, trace=traced_at - start, analysis=analysed_at - traced_at,
       first_cost=cost_at - analysed_at, first_term=term_at - cost_at,
@@ -181,6 +188,61 @@ def measure_graph_mode() -> dict:
               speedup=per_op / compiled, rel_diff=diff)
 
 
+def measure_fit(name: str, size: int, steps: int = 5) -> dict:
+  """Train-step time with and without the term (GammaFlops), batch 1.
+
+  Two `tf.function` train steps (forward, loss, gradients) on the same model,
+  one with `1e-9 * get_regularization_term()` added to the loss, called in
+  alternation; also a step computing only the term's gradients. Returns the
+  first-call (trace) and median step times.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from morph_net.network_regularizers import flop_regularizer  # pylint: disable=g-import-not-at-top
+
+  model = getattr(keras.applications, name)(weights=None,
+                                            input_shape=(size, size, 3))
+  reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(
+      model, gamma_threshold=1e-2)
+  x = tf.constant(np.random.default_rng(0).random((1, size, size, 3)),
+                  tf.float32)
+  y = tf.constant([3])
+  loss_fn = keras.losses.SparseCategoricalCrossentropy()
+  variables = model.trainable_variables
+
+  def step(with_term):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=True))
+      if with_term:
+        loss = loss + 1e-9 * reg.get_regularization_term()
+    return tape.gradient(loss, variables)
+
+  def term_step():
+    with tf.GradientTape() as tape:
+      term = reg.get_regularization_term()
+    return [g for g in tape.gradient(term, variables) if g is not None]
+
+  functions = {'plain': tf.function(lambda: step(False)),
+               'morph': tf.function(lambda: step(True)),
+               'term': tf.function(term_step)}
+  first = {}
+  for kind, function in functions.items():
+    begin = time.perf_counter()
+    function()
+    first[kind] = time.perf_counter() - begin
+  times = {kind: [] for kind in functions}
+  for _ in range(steps):
+    for kind, function in functions.items():
+      begin = time.perf_counter()
+      function()
+      times[kind].append(time.perf_counter() - begin)
+  median = {kind: statistics.median(t) for kind, t in times.items()}
+  return dict(model=name, first=first, median=median,
+              overhead=median['morph'] / median['plain'] - 1,
+              term_share=median['term'] / median['plain'])
+
+
 def _all_application_models():
   import keras  # pylint: disable=g-import-not-at-top
   names = []
@@ -201,12 +263,24 @@ def main():
                       help='also time the per-op CostCalculator')
   parser.add_argument('--graph', action='store_true',
                       help='graph mode: ResNet-152 v1 build, per-op vs compiled')
+  parser.add_argument('--fit', metavar='MODEL',
+                      help='train-step time with / without the term')
   parser.add_argument('--record', action='store_true',
                       help='append the rows to benchmarks/README.md')
   parser.add_argument('--one', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.one:
     print(json.dumps(measure_one(args.one, args.size, args.per_op)))
+    return
+  if args.fit:
+    f = measure_fit(args.fit, args.size)
+    print(f'{f["model"]} train step (batch 1): plain {f["median"]["plain"]:.3f} s, '
+          f'with term {f["median"]["morph"]:.3f} s (overhead '
+          f'{100 * f["overhead"]:+.1f} %), term gradients alone '
+          f'{f["median"]["term"] * 1e3:.1f} ms ({100 * f["term_share"]:.2f} % of '
+          f'a step); first call: plain {f["first"]["plain"]:.1f} s, with term '
+          f'{f["first"]["morph"]:.1f} s, term gradients alone '
+          f'{f["first"]["term"]:.2f} s')
     return
   names = (_all_application_models() if args.all
            else args.models or list(DEFAULT_MODELS))

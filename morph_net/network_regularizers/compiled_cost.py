@@ -249,7 +249,6 @@ class _Program:
     # Group blocks: kind -> list of (regularizer, size, [member leaves]).
     self._groups: Dict[str, List[Tuple[Any, int, List[_Leaf]]]] = {
         'max': [], 'prob': [], 'l2': []}
-    self._group_of: Dict[int, Tuple[str, int]] = {}
     self._slots: List[Tuple[str, int]] = []  # ('leaf', leaf idx) / (kind, idx)
     self._slot_of: Dict[int, int] = {}
     self._keep_alive = []  # Regularizers indexed by id().
@@ -352,40 +351,59 @@ class _Program:
         self._generic_leaves.append(leaf)
       else:
         self._gamma_leaves.append((leaf, spec))
-    # Source channel order: gamma leaves, then generic leaves; map each
-    # leaf's offset to its position in that order.
-    position = {}
-    cursor = 0
-    for leaf, _ in self._gamma_leaves:
-      position[id(leaf)] = cursor
-      cursor += leaf.size
-    for leaf in self._generic_leaves:
-      position[id(leaf)] = cursor
-      cursor += leaf.size
-    self._leaf_position = position
-    # Gamma gather: unique sources, read once each.
+    # Gamma sources: unique variables, read once each and concatenated.
     self._gamma_sources = []
     source_offset = {}
     total_length = 0
-    gather = []
-    thresholds = []
-    for _, (source, begin, size, threshold) in self._gamma_leaves:
+    starts = []
+    for _, (source, begin, _, _) in self._gamma_leaves:
       key = id(source)
       if key not in source_offset:
         source_offset[key] = total_length
         total_length += int(lazy_evaluation.static_shape(source)[0])
         self._gamma_sources.append(source)
-      start = source_offset[key] + begin
-      gather.extend(range(start, start + size))
-      thresholds.extend([threshold] * size)
+      starts.append(source_offset[key] + begin)
+    # When the gamma leaves partition the variables (every channel read by
+    # exactly one leaf, e.g. a batch norm sliced by a concat), the source
+    # vector is the concatenation itself: no gather.
+    covered = np.zeros([total_length], np.int32)
+    for start, (leaf, _) in zip(starts, self._gamma_leaves):
+      covered[start:start + leaf.size] += 1
+    self._gamma_identity = bool(np.all(covered == 1))
+    position = {}
+    gather = []
+    thresholds = np.zeros([total_length if self._gamma_identity else 0],
+                          np.float32)
+    threshold_list = []  # One per leaf.
+    channel_thresholds = []  # One per gathered channel.
+    cursor = total_length if self._gamma_identity else 0
+    for start, (leaf, (_, _, size, threshold)) in zip(starts,
+                                                      self._gamma_leaves):
+      if self._gamma_identity:
+        position[id(leaf)] = start
+        thresholds[start:start + size] = threshold
+      else:
+        position[id(leaf)] = cursor
+        cursor += size
+        gather.extend(range(start, start + size))
+        channel_thresholds.extend([threshold] * size)
+      threshold_list.append(threshold)
+    for leaf in self._generic_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+    self._leaf_position = position
     self._gamma_gather = np.array(gather, np.int32)
-    self._gamma_identity = bool(
-        len(gather) == total_length
-        and np.array_equal(self._gamma_gather, np.arange(len(gather))))
-    self._gamma_thresholds = np.array(thresholds, np.float32)
+    self._gamma_thresholds = (thresholds if self._gamma_identity
+                              else np.array(channel_thresholds, np.float32))
     self._gamma_uniform_threshold = (
-        float(thresholds[0]) if thresholds and len(set(thresholds)) == 1
-        else None)
+        float(threshold_list[0])
+        if threshold_list and len(set(threshold_list)) == 1 else None)
+    # Max groups of gamma leaves with one threshold t: OR(|g_i| > t) is
+    # max|g_i| > t, so their alive vector follows from the grouped vector.
+    gamma_leaf_ids = {id(leaf) for leaf, _ in self._gamma_leaves}
+    self._max_alive_from_reg = self._gamma_uniform_threshold is not None and all(
+        id(leaf) in gamma_leaf_ids
+        for _, _, leaves in self._groups['max'] for leaf in leaves)
     # Group blocks come after the sources in the channel space G.
     num_sources = cursor
     block_offset = {}
@@ -398,10 +416,12 @@ class _Program:
       thresholds = []
       channel = 0
       for _, size, leaves in self._groups[kind]:
-        for leaf in leaves:
-          start = position[id(leaf)]
-          gather_index.extend(range(start, start + size))
-          segment.extend(range(channel, channel + size))
+        # Channel-major (all members of channel j, then j + 1): the segment
+        # ids are sorted, for the faster sorted segment reductions.
+        starts = [position[id(leaf)] for leaf in leaves]
+        for j in range(size):
+          gather_index.extend(start + j for start in starts)
+          segment.extend([channel + j] * len(starts))
         channel += size
       if kind == 'l2':
         for regularizer, size, _ in self._groups[kind]:
@@ -429,6 +449,14 @@ class _Program:
         size = self._groups[kind][index][1]
       channel_slot[start:start + size] = slot_index
     self._channel_slot = channel_slot
+    # Runs of equal slot along the channels (each slot is one contiguous run):
+    # a sorted segment sum per run, then a small one from runs to slots.
+    change = np.flatnonzero(np.diff(channel_slot)) + 1
+    run_ids = np.zeros([num_channels], np.int32)
+    run_ids[change] = 1
+    self._run_ids = np.cumsum(run_ids, dtype=np.int32)
+    self._run_slot = channel_slot[np.concatenate([[0], change]).astype(
+        np.int64)] if num_channels else np.zeros([0], np.int32)
     self.num_slots = num_slots
     self.num_channels = num_channels
     # Sides: gather slots, segment-sum into sides.
@@ -476,18 +504,19 @@ class _Program:
         continue
       member_reg = tf.gather(source_reg, gather_index)
       if kind == 'max':
-        reg = tf.math.unsorted_segment_max(member_reg, segment, count)
+        reg = tf.math.segment_max(member_reg, segment)
       elif kind == 'prob':
         reg = 1.0 - tf.math.unsorted_segment_prod(1.0 - member_reg, segment,
                                                   count)
       else:
-        reg = tf.sqrt(tf.math.unsorted_segment_sum(tf.square(member_reg),
-                                                   segment, count))
+        reg = tf.sqrt(tf.math.segment_sum(tf.square(member_reg), segment))
       if kind == 'l2':
         alive = tf.cast(reg > thresholds, tf.float32)
+      elif kind == 'max' and self._max_alive_from_reg:
+        alive = tf.cast(reg > self._gamma_uniform_threshold, tf.float32)
       else:
-        alive = tf.math.unsorted_segment_max(
-            tf.gather(source_alive, gather_index), segment, count)
+        alive = tf.math.segment_max(tf.gather(source_alive, gather_index),
+                                    segment)
       regs.append(reg)
       alives.append(alive)
     reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
@@ -505,10 +534,12 @@ class _Program:
     reg, alive = self._channel_vectors()
     # Sums per slot in float32 (exact for counts; as precise as the per-op
     # path's reduce_sum for regularization), then float64 for the products.
-    slot_alive = tf.cast(tf.math.unsorted_segment_sum(
-        alive, self._channel_slot, self.num_slots + 1), tf.float64)
-    slot_reg = tf.cast(tf.math.unsorted_segment_sum(
-        reg, self._channel_slot, self.num_slots + 1), tf.float64)
+    slot_alive = tf.math.unsorted_segment_sum(
+        tf.cast(tf.math.segment_sum(alive, self._run_ids), tf.float64),
+        self._run_slot, self.num_slots + 1)
+    slot_reg = tf.math.unsorted_segment_sum(
+        tf.cast(tf.math.segment_sum(reg, self._run_ids), tf.float64),
+        self._run_slot, self.num_slots + 1)
     if not len(self._side_gather):
       return const, tf.zeros_like(const)
     alive_sum = tf.math.unsorted_segment_sum(
