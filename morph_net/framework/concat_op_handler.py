@@ -63,16 +63,8 @@ class ConcatOpHandler(op_handler.OpHandler):
       return
 
     # Outputs: note the ungrouped ones before keeping passthrough ops only.
-    output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
-    output_ops_without_group = op_handler_util.get_ops_without_groups(
-        output_ops, op_reg_manager)
-    output_ops = op_handler_util.remove_non_passthrough_ops(
-        output_ops, op_reg_manager)
     output_ops_to_group, output_ops_to_process = (
-        op_handler_util.separate_same_size_ops(op, output_ops))
-    for output_op in output_ops_without_group:
-      if output_op not in output_ops_to_process:
-        output_ops_to_process.append(output_op)
+        op_handler_util.split_output_ops(op, op_reg_manager))
 
     # Align the stacked input slices, the outputs and the concat itself.
     input_op_slices, output_op_slices = self._get_input_output_op_slices(
@@ -137,16 +129,8 @@ def _piece_slices(piece, op_reg_manager):
 def _assign_grouping_with_ranges(op, pieces, input_ops_to_process,
                                  op_reg_manager) -> None:
   """`assign_grouping` when some stacked input is a channel split's output."""
-  output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
-  output_ops_without_group = op_handler_util.get_ops_without_groups(
-      output_ops, op_reg_manager)
-  output_ops = op_handler_util.remove_non_passthrough_ops(
-      output_ops, op_reg_manager)
   output_ops_to_group, output_ops_to_process = (
-      op_handler_util.separate_same_size_ops(op, output_ops))
-  for output_op in output_ops_without_group:
-    if output_op not in output_ops_to_process:
-      output_ops_to_process.append(output_op)
+      op_handler_util.split_output_ops(op, op_reg_manager))
 
   def stacked():
     return [[s for piece in pieces for s in _piece_slices(piece, op_reg_manager)]]

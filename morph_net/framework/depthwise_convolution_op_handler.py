@@ -55,16 +55,8 @@ class DepthwiseConvolutionOpHandler(grouping_op_handler.GroupingOpHandler):
     # get_input_ops).
     input_op = input_ops[0]
 
-    output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
-    output_ops_without_group = op_handler_util.get_ops_without_groups(
-        output_ops, op_reg_manager)
-    output_ops = op_handler_util.remove_non_passthrough_ops(
-        output_ops, op_reg_manager)
     output_ops_to_group, output_ops_to_process = (
-        op_handler_util.separate_same_size_ops(op, output_ops))
-    for output_op in output_ops_without_group:
-      if output_op not in output_ops_to_process:
-        output_ops_to_process.append(output_op)
+        op_handler_util.split_output_ops(op, op_reg_manager))
 
     # One slice per channel: input channels C, output channels C * m.
     num_input_channels = op_handler_util.get_op_size(input_op)

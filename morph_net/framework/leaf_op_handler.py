@@ -36,16 +36,8 @@ class LeafOpHandler(op_handler.OpHandler):
       op: The op to assign a grouping to.
       op_reg_manager: The `OpRegularizerManager` analysing the graph.
     """
-    output_ops = op_handler_util.get_output_ops(op, op_reg_manager)
-    output_ops_without_group = op_handler_util.get_ops_without_groups(
-        output_ops, op_reg_manager)
-    output_ops = op_handler_util.remove_non_passthrough_ops(
-        output_ops, op_reg_manager)
     output_ops_to_group, output_ops_to_process = (
-        op_handler_util.separate_same_size_ops(op, output_ops))
-    for output_op in output_ops_without_group:
-      if output_op not in output_ops_to_process:
-        output_ops_to_process.append(output_op)
+        op_handler_util.split_output_ops(op, op_reg_manager))
 
     op_slices = op_reg_manager.get_op_slices(op)
     output_op_slices = op_handler_util.get_op_slices(output_ops_to_group,

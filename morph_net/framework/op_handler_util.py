@@ -591,3 +591,20 @@ def group_match(regex: str, op_slices: Sequence[Any]) -> bool:
   if not regex:
     return False
   return any(re.search(regex, op_slice.op.name) for op_slice in op_slices)
+
+
+def split_output_ops(op: tf.Operation, op_reg_manager) -> Tuple[List[tf.Operation],
+                                                                 List[tf.Operation]]:
+  """`(output ops to group with op, output ops to process)` of a handler.
+
+  The passthrough consumers of `op` of the same size are grouped with it; the
+  others, and every consumer that has no group yet, are (re)processed.
+  """
+  output_ops = get_output_ops(op, op_reg_manager)
+  output_ops_without_group = get_ops_without_groups(output_ops, op_reg_manager)
+  output_ops = remove_non_passthrough_ops(output_ops, op_reg_manager)
+  output_ops_to_group, output_ops_to_process = separate_same_size_ops(op, output_ops)
+  for output_op in output_ops_without_group:
+    if output_op not in output_ops_to_process:
+      output_ops_to_process.append(output_op)
+  return output_ops_to_group, output_ops_to_process
