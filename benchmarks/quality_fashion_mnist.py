@@ -12,7 +12,10 @@ Protocol (Fashion-MNIST, 28x28, `morph_net.examples.fashion_mnist`; the seed is
 inception-style Concatenate block, a strided head conv, GAP, dense logits;
 BatchNormalization after every conv). For every seed s (weights, data order):
   1. train the seed with GammaFlopsRegularizer -> learned widths (shrink), and,
-     separately, with GammaModelSizeRegularizer -> size-learned widths;
+     separately, with GammaModelSizeRegularizer -> size-learned widths; both in
+     budget-target mode (`--target-fraction`, default 0.5: the strength adapts
+     so that the cost lands on half the seed's, and the structure is completed
+     to it if training stops above; `keras_integration.budget`);
   2. for each budget b in {1.0, 0.5, 0.25} x the seed's FLOPs: MorphNet = the
      FLOP-learned widths expanded uniformly to the budget; uniform = the seed's
      widths x the largest ω under it; FLOPs matched within 2%
@@ -42,7 +45,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -100,7 +103,7 @@ def run_seed(seed_value: int, args, train, test, cost_fn) -> SeedRun:
   config = demo.DemoConfig(width=args.width, regularized_epochs=args.regularized_epochs,
                            retrain_epochs=args.epochs, learning_rate=args.learning_rate,
                            strength_multiplier=args.strength_multiplier, seed=seed_value,
-                           dataset='fashion_mnist')
+                           dataset='fashion_mnist', target_fraction=args.target_fraction)
   augmented = (_augment(train[0], np.random.default_rng(seed_value)), train[1])
   keras.utils.set_random_seed(seed_value)
   seed = demo.seed_model(args.width, input_shape=fashion_mnist.IMAGE_SHAPE)
@@ -241,6 +244,18 @@ def _fractions(text: str) -> List[float]:
   return values
 
 
+def _target(text: str) -> Optional[float]:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'--target-fraction must be a number in [0, 1). '
+                                     f'Received: {text!r}') from None
+  if not 0 <= value < 1:
+    raise argparse.ArgumentTypeError(f'--target-fraction must be in [0, 1) (0: fixed '
+                                     f'strength). Received: {text!r}')
+  return value or None
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seeds', type=int, default=3)
@@ -250,6 +265,9 @@ def main(argv=None):
   parser.add_argument('--regularized-epochs', type=int, default=8)
   parser.add_argument('--learning-rate', type=float, default=3e-3)
   parser.add_argument('--strength-multiplier', type=float, default=1.0)
+  parser.add_argument('--target-fraction', type=_target, default=0.5,
+                      help='shrink phase in budget-target mode: the regularizer\'s cost '
+                           'lands on this fraction of the seed\'s (0: fixed strength)')
   parser.add_argument('--train-limit', type=int, default=20000)
   parser.add_argument('--test-limit', type=int, default=None)
   parser.add_argument('--data-dir', default=None)

@@ -83,6 +83,10 @@ class DemoConfig:
       (28x28 Fashion-MNIST from local files, see `fashion_mnist`).
     data_dir: where the Fashion-MNIST files are (None: the loader's default).
     test_limit: evaluate on only this many test images (None: all).
+    target_fraction: None (default): train at the fixed strength above. A
+      fraction such as 0.5: train in budget-target mode (the strength adapts
+      so that the regularizer's cost lands on this fraction of the seed's, and
+      the learned structure is completed to it, see `keras_integration.budget`).
   """
   width: int = 32
   regularized_epochs: int = 30
@@ -97,6 +101,7 @@ class DemoConfig:
   dataset: str = 'digits'
   data_dir: Optional[str] = None
   test_limit: Optional[int] = None
+  target_fraction: Optional[float] = None
 
 
 DATASETS = ('digits', 'fashion_mnist')
@@ -357,7 +362,8 @@ class LearnedStructure:
   Attributes:
     seed_widths: every exported layer's width in the seed.
     learned_widths: its alive channels after training (O').
-    strength: the regularization strength used.
+    strength: the regularization strength at the end of training (adapted
+      in target mode).
     accuracy: test accuracy of the trained (regularized) seed network.
   """
   seed_widths: Dict[str, int]
@@ -393,15 +399,22 @@ def learn_structure(model: keras.Model, train: Data, test: Data, config: DemoCon
   regularizer = regularizer_class.from_keras_model(
       model, gamma_threshold=config.gamma_threshold)
   strength = config.strength_multiplier * training.recommend_strength(regularizer).strength
-  trainer = training.MorphNetModel(model, regularizer, regularization_strength=strength)
+  trainer = training.MorphNetModel(model, regularizer, regularization_strength=strength,
+                                   target_fraction=config.target_fraction)
   _compile(trainer, config)
-  callbacks = [callback_lib.MorphNetCallback(regularizer, export_dir=export_dir)]
+  morphnet_callback = callback_lib.MorphNetCallback(regularizer, export_dir=export_dir)
   trainer.fit(*train, batch_size=config.batch_size, epochs=config.regularized_epochs,
-              verbose=_verbosity() if verbose is None else verbose, callbacks=callbacks)
+              verbose=_verbosity() if verbose is None else verbose,
+              callbacks=[morphnet_callback])
   exporter = layer_structure.LayerStructureExporter(regularizer)
+  learned = exporter.alive_counts()
+  if morphnet_callback.completion is not None:  # target mode: the completed structure
+    learned = {name: morphnet_callback.completion.counts.get(name, count)
+               for name, count in learned.items()}
   return LearnedStructure(
-      seed_widths=exporter.channel_counts(), learned_widths=exporter.alive_counts(),
-      strength=strength, accuracy=_accuracy(trainer, test, config.batch_size))
+      seed_widths=exporter.channel_counts(), learned_widths=learned,
+      strength=trainer.regularization_strength,
+      accuracy=_accuracy(trainer, test, config.batch_size))
 
 
 # ----------------------------------------------------------------------------
