@@ -249,9 +249,11 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
     structure_io.save_structure(os.path.join(directory, 'learned_structure.json'), learned)
     pruned, fine_tune_logs = None, {}
     if recalibrate_steps or fine_tune_epochs:
+      # In target mode the pruned model is the completed structure (its
+      # masks), not the channels alive in training.
       pruned, fine_tune_logs = _prune_and_fine_tune(
-          current, regularizer, train_data, compile_kwargs, fit_kwargs,
-          recalibrate_steps, fine_tune_epochs)
+          current, regularizer if completion is None else completion.masks,
+          train_data, compile_kwargs, fit_kwargs, recalibrate_steps, fine_tune_epochs)
     # 3-4. Shrink and expand to the target.
     expansion = expand.expand_structure(current, learned, target_cost, cost_fn,
                                         max_width_multiplier=max_width_multiplier)
@@ -281,10 +283,14 @@ def run_morphnet(model: Union[keras.Model, Callable[[], keras.Model]],
                            target_cost=float(target_cost))
 
 
-def _prune_and_fine_tune(model, regularizer, train_data, compile_kwargs, fit_kwargs,
+def _prune_and_fine_tune(model, structure, train_data, compile_kwargs, fit_kwargs,
                          recalibrate_steps, fine_tune_epochs):
-  """The trained model shrunk with its weights, recalibrated and fine-tuned."""
-  pruned = shrink.shrink_model(model, regularizer, transfer_weights=True)
+  """The trained model shrunk with its weights, recalibrated and fine-tuned.
+
+  `structure` is the trained regularizer (its alive channels) or per-layer
+  channel masks (a target-mode completion).
+  """
+  pruned = shrink.shrink_model(model, structure, transfer_weights=True)
   if recalibrate_steps:
     batch_norm_recalibration.recalibrate_batch_norm(
         pruned, train_data, recalibrate_steps,

@@ -72,6 +72,21 @@ def test_fine_tune_trains_the_pruned_model_and_logs(tmp_path):
   assert result.model is not pruned
 
 
+def test_target_mode_prunes_the_completed_structure(tmp_path):
+  # With a shrink target of 40 % of the initial FLOPs (at which c1 = 6, c2 = 4
+  # are alive), no epoch to reach it: the completion removes more channels,
+  # and the pruned model must be that completed structure, not the 6 / 4
+  # channels alive in training.
+  iteration = _run(tmp_path, recalibrate_steps=1,
+                   shrink_target_fraction=0.4).iterations[0]
+  assert iteration.shrink['completed']
+  learned = iteration.learned_structure
+  assert learned['c1'] + learned['c2'] < 6 + 4
+  pruned = iteration.pruned_model
+  assert (pruned.get_layer('c1').filters, pruned.get_layer('c2').filters) == (
+      learned['c1'], learned['c2'])
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(fine_tune_epochs=-1), r'fine_tune_epochs must be an integer >= 0. '
                                 r'Received: fine_tune_epochs=-1'),

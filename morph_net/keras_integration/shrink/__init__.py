@@ -100,9 +100,14 @@ def shrink_model(model: keras.Model, structure: StructureLike, *,
       `from_keras_model` on `model` (its alive masks are used). Width layers
       absent from it keep their width; counts may also exceed the original
       widths (this is how `expand` widens a model).
-    transfer_weights: copy the surviving channels' weights into the new model.
-      Needs masks (a regularizer or a mask dict). Defaults to False: the new
-      model has freshly initialized weights.
+    transfer_weights: copy the surviving channels' weights into the new model
+      and fold the constant outputs of removed channels (a dead channel's BN
+      beta through its activation, a removed branch's constant) into the
+      layers that consume them (`constant_folding.fold_removed_constants`,
+      border='mean': exact for Dense, 1x1 and 'valid' convolutions, exact on
+      average over positions for 'same' padding). Needs masks (a regularizer
+      or a mask dict). Defaults to False: the new model has freshly
+      initialized weights.
     name: name of the new model. Defaults to `model.name`.
 
   Returns:
