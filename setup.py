@@ -41,7 +41,8 @@ setuptools.setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         # `morphnet demo`: scikit-learn ships the digits data, matplotlib draws the plots.
         "demo": ["scikit-learn", "matplotlib"],
-        "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib", "tf_slim"],
+        "test": ["pytest", "hypothesis", "ruff", "scikit-learn", "matplotlib", "tf_slim",
+                 "tensorboard"],  # keras.callbacks.TensorBoard in the workflow tests
         # keras-hub's model coverage (slow tests). keras-hub needs tensorflow-text,
         # which requires the full `tensorflow` wheel: not to be combined with [cpu]
         # (pip would install tensorflow next to tensorflow-cpu); see README.

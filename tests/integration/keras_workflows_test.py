@@ -115,14 +115,29 @@ def test_early_stopping_on_a_morphnet_log(checkpointed):
 
 
 def test_tensorboard_records_cost_and_strength(checkpointed):
+  """The event file holds, per epoch, the same FLOPs / strength / alive fraction as History."""
   if not _has_tensorboard():
-    pytest.skip('the tensorboard package is not installed')
-  directory = checkpointed[-1]
-  tags = set()
-  for path in glob.glob(str(directory / 'tb' / 'train' / 'events.*')):
+    pytest.skip('the tensorboard package is not installed (pip install -e .[test])')
+  _, _, _, history, directory = checkpointed
+  paths = glob.glob(str(directory / 'tb' / 'train' / 'events.*'))
+  assert paths, f'TensorBoard wrote no event file under {directory / "tb" / "train"}'
+  logged = {}  # tag -> {epoch: value}
+  for path in paths:
     for event in tf.compat.v1.train.summary_iterator(path):
-      tags.update(value.tag for value in event.summary.value)
-  assert {'epoch_FLOPs', 'epoch_strength', 'epoch_alive_fraction'} <= tags
+      for value in event.summary.value:
+        logged.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  for name in ('FLOPs', 'strength', 'alive_fraction'):
+    by_epoch = logged.get('epoch_' + name)
+    assert by_epoch is not None, f'epoch_{name} missing; tags: {sorted(logged)}'
+    assert sorted(by_epoch) == list(range(len(history[name])))
+    np.testing.assert_allclose([by_epoch[e] for e in sorted(by_epoch)], history[name], rtol=1e-6)
+  # Epoch 0, every channel alive: the full small_cnn's FLOPs by hand,
+  # 2 * positions * taps * C_in * C_out per conv (c1 3x3/2 on 16x16 -> 8x8):
+  # c1 2*64*9*1*8 + c2 2*64*9*8*8 + c3 2*64*1*8*6 + c4 2*64*9*8*6
+  # + c5 (3x3/2 -> 4x4) 2*16*9*12*8 + fc 2*8*4 = 172096.
+  assert logged['epoch_alive_fraction'][0] == 1.0
+  assert logged['epoch_FLOPs'][0] == 172096
+  assert logged['epoch_strength'][1] > logged['epoch_strength'][0]  # adapted toward the target
 
 
 class _Interrupt(keras.callbacks.Callback):
