@@ -71,6 +71,10 @@ class DemoConfig:
     retrain_epochs: epochs of training from scratch of every compared network.
     batch_size: batch size of every training.
     learning_rate: Adam's learning rate.
+    retrain_schedule: learning-rate schedule of the retraining from scratch:
+      'constant' (default) or 'cosine' (decays to 0 over `retrain_epochs`:
+      the final accuracy is less noisy, for benchmarks). The regularized
+      training always uses the constant rate (gammas must keep moving).
     strength_multiplier: the regularization strength is
       `strength_multiplier * recommend_strength(...).strength` (1 / seed FLOPs).
     gamma_threshold: a channel is alive iff its BatchNorm |gamma| exceeds it.
@@ -93,6 +97,7 @@ class DemoConfig:
   retrain_epochs: int = 30
   batch_size: int = 32
   learning_rate: float = 3e-3
+  retrain_schedule: str = 'constant'
   strength_multiplier: float = 1.0
   gamma_threshold: float = 1e-2
   width_multipliers: Tuple[float, ...] = (0.125, 0.25, 0.5)
@@ -318,8 +323,18 @@ class _EpochBar(keras.callbacks.Callback):
                                         if k in logs])
 
 
-def _compile(model: keras.Model, config: DemoConfig) -> None:
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+RETRAIN_SCHEDULES = ('constant', 'cosine')
+
+
+def _compile(model: keras.Model, config: DemoConfig, steps: int = 0) -> None:
+  """Compiles with Adam; `steps` > 0 with the cosine schedule decays over them."""
+  rate = config.learning_rate
+  if steps and config.retrain_schedule == 'cosine':
+    rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
+  elif config.retrain_schedule not in RETRAIN_SCHEDULES:
+    raise ValueError(f'retrain_schedule must be one of {", ".join(RETRAIN_SCHEDULES)}. '
+                     f'Received: retrain_schedule={config.retrain_schedule!r}.')
+  model.compile(optimizer=keras.optimizers.Adam(rate),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=['accuracy'])
 
@@ -347,7 +362,8 @@ def train_and_evaluate(model: keras.Model, train: Data, test: Data, config: Demo
     The test accuracy in [0, 1].
   """
   keras.utils.set_random_seed(seed_value)
-  _compile(model, config)
+  steps = config.retrain_epochs * -(-len(train[0]) // config.batch_size)
+  _compile(model, config, steps)
   callbacks = [_EpochBar(label, config.retrain_epochs, stream or sys.stdout)] if label else []
   if config.retrain_epochs:
     model.fit(*train, batch_size=config.batch_size, epochs=config.retrain_epochs,

@@ -1,6 +1,7 @@
 """The demo's pieces that need no training: seed network, FLOPs, matching."""
 
 import keras
+import numpy as np
 import pytest
 
 from morph_net.examples import demo
@@ -99,3 +100,32 @@ def test_format_report_lists_every_layer_and_network():
   assert '253,248' in text and '79.0%' in text  # 200000 / 253248 = 79.0%
   assert 'uniform: seed × 1' in text and 'MorphNet: learned × 1.1' in text
   assert '91.0%' in text
+
+
+def test_cosine_retrain_schedule_decays_to_zero_over_the_retraining():
+  # 8 images, batch 4, 2 epochs: 2 * ceil(8 / 4) = 4 steps; CosineDecay(lr, 4)
+  # gives lr * 0.5 * (1 + cos(pi * step / 4)): lr * 0.5 after 2 steps, 0 after 4.
+  rng = np.random.default_rng(0)
+  data = (rng.random((8, 8, 8, 1)).astype('float32'), np.arange(8) % 10)
+  config = demo.DemoConfig(width=2, retrain_epochs=2, batch_size=4, learning_rate=1e-2,
+                           retrain_schedule='cosine')
+  model = demo.seed_model(2)
+  demo.train_and_evaluate(model, data, data, config, seed_value=0)
+  schedule = model.optimizer._learning_rate  # pylint: disable=protected-access
+  assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+  assert model.optimizer.iterations.numpy() == 4
+  assert float(schedule(2)) == pytest.approx(0.5e-2)
+  assert float(schedule(4)) == pytest.approx(0.0, abs=1e-9)
+  constant = demo.seed_model(2)
+  demo.train_and_evaluate(constant, data, data,
+                          demo.DemoConfig(width=2, retrain_epochs=2, batch_size=4,
+                                          learning_rate=1e-2), seed_value=0)
+  assert float(constant.optimizer.learning_rate) == pytest.approx(1e-2)
+
+
+def test_unknown_retrain_schedule_is_an_error():
+  with pytest.raises(ValueError, match=r"retrain_schedule must be one of constant, cosine. "
+                                       r"Received: retrain_schedule='linear'"):
+    demo.train_and_evaluate(demo.seed_model(2), (np.zeros((2, 8, 8, 1)), np.zeros(2)),
+                            (np.zeros((2, 8, 8, 1)), np.zeros(2)),
+                            demo.DemoConfig(retrain_schedule='linear'), seed_value=0)
