@@ -37,9 +37,14 @@ def _row(case) -> str:
     message = ' '.join(str(e).split())[:200].replace('|', '/')
     return (f'| {case.name} | {case.source} | | | | | | fails: {type(e).__name__}: '
             f'{message} | {time.perf_counter() - start:.0f} |')
-  return (f"| {case.name} | {case.source} | {r['regularizer']} | {r['flops'] / 1e6:.3f} "
-          f"| {r['size']} | {r['reduced_flops'] / 1e6:.3f} | {r['params']} → "
-          f"{r['reduced_params']} | passes | {time.perf_counter() - start:.0f} |")
+  seconds = time.perf_counter() - start
+  head = (f"| {case.name} | {case.source} | {r['regularizer']} | {r['flops'] / 1e6:.3f} "
+          f"| {r['size']} ")
+  if 'rejected' in r:  # cost = count checked; shrink_model rejected it as expected
+    return (f"{head}| | | cost = count passes; shrink rejected by design "
+            f"({r['rejected']}) | {seconds:.0f} |")
+  return (f"{head}| {r['reduced_flops'] / 1e6:.3f} | {r['params']} → "
+          f"{r['reduced_params']} | passes | {seconds:.0f} |")
 
 
 def main(names) -> None:

@@ -45,7 +45,7 @@ REDUCTION_OP_TYPES = ('Mean', 'Sum', 'Max', 'Min', 'Prod', 'All', 'Any',
                       'EuclideanNorm')
 
 
-def _constant_value(tensor: tf.Tensor) -> Optional[np.ndarray]:
+def constant_value(tensor: tf.Tensor) -> Optional[np.ndarray]:
   """The value of `tensor` if a `Const` op produces it, else None."""
   op = tensor.op
   while op.type == 'Identity':
@@ -63,7 +63,7 @@ def reduction_keeps_channels(op: tf.Operation) -> bool:
   rank = op.inputs[0].shape.rank
   if not rank or len(op.inputs) < 2:
     return False
-  axes = _constant_value(op.inputs[1])
+  axes = constant_value(op.inputs[1])
   if axes is None:
     return False
   axes = {int(axis) % rank for axis in np.ravel(axes)}
@@ -72,7 +72,7 @@ def reduction_keeps_channels(op: tf.Operation) -> bool:
 
 def tile_keeps_channels(op: tf.Operation) -> bool:
   """True if `Tile` repeats its input once along the last (channel) axis."""
-  multiples = _constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
+  multiples = constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
   if multiples is not None:
     multiples = np.ravel(multiples)
     return multiples.size > 0 and int(multiples[-1]) == 1
@@ -91,7 +91,7 @@ def expand_dims_keeps_channels(op: tf.Operation) -> bool:
   False when the axis is not a constant or the input rank is unknown.
   """
   rank = op.inputs[0].shape.rank
-  axis = _constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
+  axis = constant_value(op.inputs[1]) if len(op.inputs) > 1 else None
   if rank is None or rank == 0 or axis is None:
     return False
   axis = int(np.ravel(axis)[0]) % (rank + 1)

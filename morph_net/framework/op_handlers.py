@@ -20,6 +20,7 @@ from morph_net.framework import leaf_op_handler
 from morph_net.framework import op_handler_registry
 from morph_net.framework import output_non_passthrough_op_handler
 from morph_net.framework import split_op_handler
+from morph_net.framework import strided_slice_op_handler
 
 RESIZE_OP_NAMES = [
     'ResizeArea', 'ResizeBicubic', 'ResizeBilinear', 'ResizeNearestNeighbor'
@@ -41,7 +42,7 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   handlers['DepthwiseConv2dNative'] = (
       depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler())
   for op_type in ('RandomUniform', 'Shape', 'SpaceToDepth',
-                  'StridedSlice', 'TensorArrayGatherV3'):
+                  'TensorArrayGatherV3'):
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
   for op_type in op_handler_registry.LEAF_OP_TYPES:
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
@@ -49,7 +50,9 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   # Squeeze and Reshape keep their channels only for some axes (a Conv1D is
   # `ExpandDims -> Conv2D -> Squeeze`, a Dense on a rank > 2 input
   # `Reshape -> MatMul -> Reshape`); a channel split is the mirror of a
-  # concat; Pack stacks along a new axis; a function call hides its ops.
+  # concat; Pack stacks along a new axis; a function call hides its ops; a
+  # StridedSlice that crops only other axes (Cropping2D) keeps the channels
+  # (the original handled every StridedSlice as a leaf).
   for op_type in channel_axis_op_handler.REDUCTION_OP_TYPES:
     handlers[op_type] = channel_axis_op_handler.ChannelAxisOpHandler(
         channel_axis_op_handler.reduction_keeps_channels)
@@ -61,6 +64,7 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
       channel_axis_op_handler.squeeze_keeps_channels)
   handlers['Reshape'] = channel_axis_op_handler.ChannelAxisOpHandler(
       channel_axis_op_handler.reshape_keeps_channels)
+  handlers['StridedSlice'] = strided_slice_op_handler.StridedSliceOpHandler()
   for op_type in split_op_handler.SPLIT_OP_TYPES:
     handlers[op_type] = split_op_handler.SplitOpHandler()
   handlers['Pack'] = leaf_op_handler.LeafOpHandler()

@@ -18,6 +18,7 @@ from morph_net.framework import op_handlers
 from morph_net.framework import op_regularizer_manager as orm
 from morph_net.framework import output_non_passthrough_op_handler as onp
 from morph_net.framework import split_op_handler
+from morph_net.framework import strided_slice_op_handler
 from tests import graph_modes
 
 _DICT_FUNCTIONS = [op_handlers.get_gamma_op_handler_dict,
@@ -57,12 +58,13 @@ def test_base_handlers(get_dict):
       depthwise_convolution_op_handler.DepthwiseConvolutionOpHandler)
   for op_type in ('DepthToSpace', 'Transpose'):
     assert type(handlers[op_type]) is onp.OutputNonPassthroughOpHandler
-  for op_type in ('RandomUniform', 'Shape', 'SpaceToDepth', 'StridedSlice',
+  for op_type in ('RandomUniform', 'Shape', 'SpaceToDepth',
                   'TensorArrayGatherV3') + op_handler_registry.LEAF_OP_TYPES:
     assert type(handlers[op_type]) is leaf_op_handler.LeafOpHandler
   # Beyond the original: these keep their channels only for some axes.
   for op_type in ('ExpandDims', 'Squeeze', 'Reshape'):
     assert type(handlers[op_type]) is channel_axis_op_handler.ChannelAxisOpHandler
+  assert type(handlers['StridedSlice']) is strided_slice_op_handler.StridedSliceOpHandler
   for op_type in ('Split', 'SplitV'):
     assert type(handlers[op_type]) is split_op_handler.SplitOpHandler
   for op_type in op_handlers.RESIZE_OP_NAMES:

@@ -61,6 +61,8 @@ _APPLICATION_NEEDS = {
     'MobileNetV3': 'Reshape keeping the channel axis',
     # Flatten of the 1x1x512 map before fc1 (a Reshape keeping the channel axis).
     'VGG': 'Reshape keeping the channel axis',
+    # Cropping2D before adjust_conv_2_* (a StridedSlice of the spatial axes).
+    'NASNet': 'StridedSlice keeping the channel axis',
 }
 
 

@@ -1,7 +1,7 @@
 """Analysis and costs of today's layer patterns on Keras models (issue 11).
 
-Conv1D (dilated too), Dense on feature maps, grouped convolutions and channel
-splits: `get_cost()` equals the independent per-layer count of
+Conv1D (dilated too), Dense on feature maps, grouped convolutions, channel
+splits and spatial crops: `get_cost()` equals the independent per-layer count of
 `flop_count` (which never imports morph_net), with all channels alive and
 with dead channels (gamma 0, consistent within tied groups) counted by hand.
 """
@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from morph_net.keras_integration import shrink
 from morph_net.keras_integration.layer_structure import LayerStructureExporter
 from morph_net.network_regularizers import flop_regularizer
 from tests.keras_integration import flop_count
@@ -202,3 +203,48 @@ def test_separable_conv1d_dilated():
              + flop_count.layer_flops(model.get_layer('sep'), in_channels=4, out_channels=4)
              + flop_count.layer_flops(model.get_layer('c3'), in_channels=4))
   assert _cost(model)[1] == reduced
+
+
+# ---------------------------------------------------------------------------
+# Spatial crops (StridedSlice keeping the channel axis, as in NASNet).
+
+
+def _cropped_model(crop):
+  inputs = keras.Input((8, 8, 3))
+  x = L.Conv2D(6, 1, name='c1')(inputs)
+  x = L.BatchNormalization(name='bn1')(x)
+  x = L.ReLU()(x)
+  x = crop(x)  # 8x8 -> 6x6
+  x = L.Conv2D(4, 3, name='c2')(x)  # valid: 6x6 -> 4x4
+  x = L.BatchNormalization(name='bn2')(x)
+  return keras.Model(inputs, L.Conv2D(2, 1, name='c3')(x))
+
+
+_CROPS = {
+    'cropping2d': lambda x: L.Cropping2D(((1, 1), (1, 1)), name='crop')(x),
+    'getitem': lambda x: x[:, 1:-1, 1:-1, :],
+}
+
+
+@pytest.mark.parametrize('crop', sorted(_CROPS))
+def test_spatial_crop_passes_channels_and_shrinks(crop):
+  model = _cropped_model(_CROPS[crop])
+  # c1 2*64*3*6; c2 2*16*9*6*4; c3 2*16*4*2.
+  expected = 2 * 64 * 3 * 6 + 2 * 16 * 9 * 6 * 4 + 2 * 16 * 4 * 2
+  assert flop_count.model_flops(model) == expected
+  assert _cost(model)[1] == expected
+  _kill(model, 'bn1', [1, 4])  # 4 alive
+  _kill(model, 'bn2', [0])  # 3 alive
+  # c2 sees bn1's 4 alive channels through the crop (a leaf crop would give
+  # 2*16*9*6*3): 2*64*3*4 + 2*16*9*4*3 + 2*16*3*2.
+  reduced = 2 * 64 * 3 * 4 + 2 * 16 * 9 * 4 * 3 + 2 * 16 * 3 * 2
+  reg, cost = _cost(model)
+  assert cost == reduced
+  assert LayerStructureExporter(reg).alive_counts()['c1'] == 4
+  # shrink_model removes the same channels: its count equals the prediction.
+  shrunk = shrink.shrink_model(model, reg, transfer_weights=True)
+  assert tuple(shrunk.get_layer('c2').kernel.shape) == (3, 3, 4, 3)
+  assert flop_count.model_flops(shrunk) == reduced
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(shrunk(x, training=False)),
+                             np.asarray(model(x, training=False)), rtol=1e-4, atol=1e-4)
