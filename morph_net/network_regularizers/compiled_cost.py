@@ -36,13 +36,14 @@ resource functions) is unchanged.
 
 Evaluation is lazy like the regularizers: a `tf.compat.v1` graph gets its own
 tensors (cached per graph for the whole network), an eager call runs one
-`tf.function` per kind (cost / term) whose op mask is an argument, and inside
+concrete function per (ops, kind), called directly, and inside
 a `tf.function` or a distribution-strategy replica the ops are built inline.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -61,6 +62,7 @@ from morph_net.framework import split_op_handler
 from morph_net.network_regularizers import cost_calculator
 from morph_net.network_regularizers import resource_function as resource_function_lib
 from morph_net.op_regularizers import gamma_l1_regularizer
+from morph_net.op_regularizers import group_lasso_regularizer
 
 # Probe points (A_in, A_out, R_in, R_out) from which the 8 monomial
 # coefficients follow by differences, and two points where they are checked.
@@ -342,15 +344,22 @@ class _Program:
 
   def _build_layout(self):
     """Index arrays from sources to groups, slots and sides."""
-    # Fast gamma sources: (source object, begin, size, threshold) per leaf.
+    # Sources, in this order in the source channel vector: batch-norm gammas
+    # (read once per variable), group-lasso kernels (norms computed here),
+    # then any other regularizer (read through its properties).
     self._gamma_leaves = []
+    self._lasso_leaves = []
     self._generic_leaves = []
     for leaf in self._leaves:
       spec = _gamma_source(leaf.regularizer, leaf.size)
-      if spec is None:
-        self._generic_leaves.append(leaf)
-      else:
+      if spec is not None:
         self._gamma_leaves.append((leaf, spec))
+        continue
+      spec = _lasso_source(leaf.regularizer, leaf.size)
+      if spec is not None:
+        self._lasso_leaves.append((leaf, spec))
+      else:
+        self._generic_leaves.append(leaf)
     # Gamma sources: unique variables, read once each and concatenated.
     self._gamma_sources = []
     source_offset = {}
@@ -376,6 +385,8 @@ class _Program:
                           np.float32)
     threshold_list = []  # One per leaf.
     channel_thresholds = []  # One per gathered channel.
+    # Threshold t of every leaf whose alive vector is `reg > t`.
+    leaf_threshold = {}
     cursor = total_length if self._gamma_identity else 0
     for start, (leaf, (_, _, size, threshold)) in zip(starts,
                                                       self._gamma_leaves):
@@ -388,40 +399,69 @@ class _Program:
         gather.extend(range(start, start + size))
         channel_thresholds.extend([threshold] * size)
       threshold_list.append(threshold)
-    for leaf in self._generic_leaves:
-      position[id(leaf)] = cursor
-      cursor += leaf.size
-    self._leaf_position = position
+      leaf_threshold[id(leaf)] = threshold
     self._gamma_gather = np.array(gather, np.int32)
     self._gamma_thresholds = (thresholds if self._gamma_identity
                               else np.array(channel_thresholds, np.float32))
     self._gamma_uniform_threshold = (
         float(threshold_list[0])
         if threshold_list and len(set(threshold_list)) == 1 else None)
-    # Max groups of gamma leaves with one threshold t: OR(|g_i| > t) is
-    # max|g_i| > t, so their alive vector follows from the grouped vector.
-    gamma_leaf_ids = {id(leaf) for leaf, _ in self._gamma_leaves}
-    self._max_alive_from_reg = self._gamma_uniform_threshold is not None and all(
-        id(leaf) in gamma_leaf_ids
-        for _, _, leaves in self._groups['max'] for leaf in leaves)
+    # Group-lasso sources: one sum of squares per kernel, divided by the
+    # number of reduced elements (as GroupLassoRegularizer computes it).
+    lasso_counts = []
+    lasso_thresholds = []
+    for leaf, (_, _, count, threshold) in self._lasso_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+      lasso_counts.extend([float(count)] * leaf.size)
+      lasso_thresholds.extend([threshold] * leaf.size)
+      leaf_threshold[id(leaf)] = threshold
+    self._lasso_counts = np.array(lasso_counts, np.float32)
+    self._lasso_thresholds = np.array(lasso_thresholds, np.float32)
+    for leaf in self._generic_leaves:
+      position[id(leaf)] = cursor
+      cursor += leaf.size
+    self._leaf_position = position
+    # Max groups whose members all have one threshold t: OR(r_i > t) is
+    # max r_i > t, so their alive vector follows from the grouped vector.
+    self._max_threshold = []
+    for _, _, leaves in self._groups['max']:
+      member_thresholds = {leaf_threshold.get(id(leaf)) for leaf in leaves}
+      self._max_threshold.append(
+          member_thresholds.pop() if len(member_thresholds) == 1 else None)
+    self._max_alive_from_reg = None not in self._max_threshold
     # Group blocks come after the sources in the channel space G.
     num_sources = cursor
+    self._num_source_channels = num_sources
     block_offset = {}
     offset = num_sources
     self._group_arrays = {}
+    self._group_width = {}
     for kind in ('max', 'prob', 'l2'):
       block_offset[kind] = offset
       gather_index = []
       segment = []
       thresholds = []
       channel = 0
+      # Members are runs of the source vector: with k the gcd of their starts,
+      # the group sizes and the source length, the source is read as rows of
+      # k channels and whole rows are gathered (a row gather is ~k times
+      # cheaper than k scalar ones: DenseNet201, k = 32).
+      width = num_sources
       for _, size, leaves in self._groups[kind]:
-        # Channel-major (all members of channel j, then j + 1): the segment
-        # ids are sorted, for the faster sorted segment reductions.
-        starts = [position[id(leaf)] for leaf in leaves]
-        for j in range(size):
+        width = math.gcd(width, size)
+        for leaf in leaves:
+          width = math.gcd(width, position[id(leaf)])
+      width = max(width, 1)
+      row = 0
+      for _, size, leaves in self._groups[kind]:
+        # Row-major (all members of row j, then j + 1): the segment ids are
+        # sorted, for the faster sorted segment reductions.
+        starts = [position[id(leaf)] // width for leaf in leaves]
+        for j in range(size // width):
           gather_index.extend(start + j for start in starts)
-          segment.extend([channel + j] * len(starts))
+          segment.extend([row + j] * len(starts))
+        row += size // width
         channel += size
       if kind == 'l2':
         for regularizer, size, _ in self._groups[kind]:
@@ -429,11 +469,15 @@ class _Program:
       self._group_arrays[kind] = (np.array(gather_index, np.int32),
                                   np.array(segment, np.int32), channel,
                                   np.array(thresholds, np.float32))
+      self._group_width[kind] = width
       offset += channel
     num_channels = offset
-    # Slot of every channel of G (num_slots for channels of no slot).
+    # Slot of every channel of G (num_slots for channels of no slot), and the
+    # threshold of every slot whose alive vector is `reg > t` (else None).
     num_slots = len(self._slots)
     channel_slot = np.full([num_channels], num_slots, np.int32)
+    slot_threshold = []
+    slot_start = np.zeros([num_slots], np.int64)
     group_offsets = {kind: [] for kind in self._groups}
     for kind in self._groups:
       cursor = block_offset[kind]
@@ -444,26 +488,75 @@ class _Program:
       if kind == 'leaf':
         leaf = self._leaves[index]
         start, size = position[id(leaf)], leaf.size
+        slot_threshold.append(leaf_threshold.get(id(leaf)))
       else:
         start = group_offsets[kind][index]
-        size = self._groups[kind][index][1]
+        regularizer, size, _ = self._groups[kind][index]
+        slot_threshold.append(
+            self._max_threshold[index] if kind == 'max' else
+            float(regularizer._threshold) if kind == 'l2' else None)  # pylint: disable=protected-access
       channel_slot[start:start + size] = slot_index
-    self._channel_slot = channel_slot
-    # Runs of equal slot along the channels (each slot is one contiguous run):
-    # a sorted segment sum per run, then a small one from runs to slots.
-    change = np.flatnonzero(np.diff(channel_slot)) + 1
-    run_ids = np.zeros([num_channels], np.int32)
-    run_ids[change] = 1
-    self._run_ids = np.cumsum(run_ids, dtype=np.int32)
-    self._run_slot = channel_slot[np.concatenate([[0], change]).astype(
-        np.int64)] if num_channels else np.zeros([0], np.int32)
+      slot_start[slot_index] = start
+    # Slot channels: the channels of G that belong to a slot, in channel
+    # order. Every slot is one contiguous run, so numbering the slots by
+    # their first channel makes the segment ids sorted.
+    slotted = np.flatnonzero(channel_slot != num_slots)
+    rank = np.empty([num_slots], np.int32)
+    rank[np.argsort(slot_start, kind='stable')] = np.arange(num_slots,
+                                                            dtype=np.int32)
+    self._slot_segments = rank[channel_slot[slotted]]
+    sizes = np.bincount(self._slot_segments, minlength=num_slots)
+    self._slots_nonempty = bool(np.all(sizes > 0))
+    # Per part of G (sources, then each group kind), the slot channels in it:
+    # None (all of the part), an index array, or absent (none).
+    self._part_gathers = []
+    self._part_widths = []
+    part_bounds = [(0, num_sources)] + [
+        (block_offset[kind], block_offset[kind] + self._group_arrays[kind][2])
+        for kind in ('max', 'prob', 'l2')]
+    for begin, end in part_bounds:
+      inside = slotted[(slotted >= begin) & (slotted < end)] - begin
+      if not len(inside):
+        self._part_gathers.append(False)
+      elif len(inside) == end - begin:
+        self._part_gathers.append(None)
+      else:
+        # The slot channels are runs: gathered as rows of `width` channels,
+        # width the gcd of the runs' starts and ends and of the part length.
+        breaks = np.flatnonzero(np.diff(inside) != 1) + 1
+        run_starts = inside[np.concatenate([[0], breaks]).astype(np.int64)]
+        run_ends = inside[np.concatenate([breaks - 1, [len(inside) - 1]]).astype(
+            np.int64)] + 1
+        width = int(np.gcd.reduce(np.concatenate(
+            [run_starts, run_ends, [end - begin]]).astype(np.int64)))
+        width = max(width, 1)
+        self._part_gathers.append(
+            (inside[::width] // width).astype(np.int32) if width > 1
+            else inside.astype(np.int32))
+        self._part_widths.append(width)
+        continue
+      self._part_widths.append(1)
+    # Alive of the slot channels from their regularization, when every slot
+    # has a threshold: one comparison (a scalar threshold when uniform).
+    self._slot_alive_from_reg = None not in slot_threshold
+    if self._slot_alive_from_reg:
+      channel_threshold = np.array(
+          [slot_threshold[s] for s in range(num_slots)],
+          np.float32)[channel_slot[slotted]] if num_slots else np.zeros(
+              [0], np.float32)
+      self._slot_threshold = (
+          float(channel_threshold[0])
+          if len(channel_threshold) and np.all(
+              channel_threshold == channel_threshold[0])
+          else channel_threshold)
     self.num_slots = num_slots
     self.num_channels = num_channels
-    # Sides: gather slots, segment-sum into sides.
+    self.num_slot_channels = len(slotted)
+    # Sides: gather slots (by rank), segment-sum into sides.
     side_gather = []
     side_segment = []
     for side, slots in enumerate(self._side_slots):
-      side_gather.extend(slots)
+      side_gather.extend(int(rank[s]) for s in slots)
       side_segment.extend([side] * len(slots))
     self._side_gather = np.array(side_gather, np.int32)
     self._side_segment = np.array(side_segment, np.int32)
@@ -471,8 +564,8 @@ class _Program:
 
   # Evaluation.
 
-  def _source_vectors(self):
-    """(regularization, alive) float32 vectors of the source channels."""
+  def _source_vectors(self, need_alive: bool):
+    """(regularization, alive or None) float32 vectors of the source channels."""
     regs = []
     alives = []
     if self._gamma_leaves:
@@ -481,47 +574,100 @@ class _Program:
       if not self._gamma_identity:
         gammas = tf.gather(gammas, self._gamma_gather)
       reg = tf.abs(gammas)
-      threshold = (self._gamma_uniform_threshold
-                   if self._gamma_uniform_threshold is not None
-                   else self._gamma_thresholds)
       regs.append(reg)
-      alives.append(tf.cast(reg > threshold, tf.float32))
+      if need_alive:
+        threshold = (self._gamma_uniform_threshold
+                     if self._gamma_uniform_threshold is not None
+                     else self._gamma_thresholds)
+        alives.append(tf.cast(reg > threshold, tf.float32))
+    if self._lasso_leaves:
+      sums = [group_lasso_regularizer.sum_of_squares(
+          lazy_evaluation.materialize(source), reduce_dims)
+              for _, (source, reduce_dims, _, _) in self._lasso_leaves]
+      for (leaf, _), value in zip(self._lasso_leaves, sums):
+        _check_length(leaf, value)
+      total = sums[0] if len(sums) == 1 else tf.concat(sums, 0)
+      reg = tf.sqrt(total / self._lasso_counts)
+      regs.append(reg)
+      if need_alive:
+        alives.append(tf.cast(reg > self._lasso_thresholds, tf.float32))
     for leaf in self._generic_leaves:
       reg = tf.cast(leaf.regularizer.regularization_vector, tf.float32)
-      alive = tf.cast(leaf.regularizer.alive_vector, tf.float32)
       _check_length(leaf, reg)
       regs.append(tf.reshape(reg, [-1]))
-      alives.append(tf.reshape(alive, [-1]))
-    return regs, alives
-
-  def _channel_vectors(self):
-    regs, alives = self._source_vectors()
+      if need_alive:
+        alive = tf.cast(leaf.regularizer.alive_vector, tf.float32)
+        alives.append(tf.reshape(alive, [-1]))
     source_reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
-    source_alive = alives[0] if len(alives) == 1 else tf.concat(alives, 0)
+    if not need_alive:
+      return source_reg, None
+    return source_reg, (alives[0] if len(alives) == 1 else tf.concat(alives, 0))
+
+  def _slot_channel_vectors(self):
+    """(regularization, alive) float32 vectors of the slot channels."""
+    need_alive = not self._slot_alive_from_reg
+    # Source alive values are read by groups only where the group's alive
+    # vector does not follow from its regularization.
+    need_source_alive = need_alive or (
+        self._group_arrays['prob'][2] > 0) or (
+            self._group_arrays['max'][2] > 0 and not self._max_alive_from_reg)
+    source_reg, source_alive = self._source_vectors(need_source_alive)
+    reg_parts = [source_reg]
+    alive_parts = [source_alive]
     for kind in ('max', 'prob', 'l2'):
       gather_index, segment, count, thresholds = self._group_arrays[kind]
       if not count:
+        reg_parts.append(None)
+        alive_parts.append(None)
         continue
-      member_reg = tf.gather(source_reg, gather_index)
+      width = self._group_width[kind]
+      rows = (lambda v, w=width: v if w == 1 else tf.reshape(v, [-1, w]))
+      flat = (lambda v, w=width: v if w == 1 else tf.reshape(v, [-1]))
+      member_reg = tf.gather(rows(source_reg), gather_index)
       if kind == 'max':
         reg = tf.math.segment_max(member_reg, segment)
       elif kind == 'prob':
         reg = 1.0 - tf.math.unsorted_segment_prod(1.0 - member_reg, segment,
-                                                  count)
+                                                  count // width)
       else:
         reg = tf.sqrt(tf.math.segment_sum(tf.square(member_reg), segment))
-      if kind == 'l2':
-        alive = tf.cast(reg > thresholds, tf.float32)
-      elif kind == 'max' and self._max_alive_from_reg:
-        alive = tf.cast(reg > self._gamma_uniform_threshold, tf.float32)
+      reg = flat(reg)
+      alive = None
+      if kind == 'prob' or (kind == 'max' and not self._max_alive_from_reg):
+        alive = flat(tf.math.segment_max(
+            tf.gather(rows(source_alive), gather_index), segment))
+      elif need_alive:
+        alive = tf.cast(reg > (thresholds if kind == 'l2' else np.array(
+            self._group_thresholds_max(), np.float32)), tf.float32)
+      reg_parts.append(reg)
+      alive_parts.append(alive)
+    reg = self._gather_slot_channels(reg_parts)
+    if not need_alive:
+      return reg, tf.cast(reg > self._slot_threshold, tf.float32)
+    return reg, self._gather_slot_channels(alive_parts)
+
+  def _group_thresholds_max(self) -> List[float]:
+    """Per channel of the max block, the threshold of its group."""
+    values = []
+    for (_, size, _), threshold in zip(self._groups['max'],
+                                       self._max_threshold):
+      values.extend([threshold] * size)
+    return values
+
+  def _gather_slot_channels(self, parts):
+    pieces = []
+    for value, index, width in zip(parts, self._part_gathers,
+                                   self._part_widths):
+      if index is False:
+        continue
+      if index is None:
+        pieces.append(value)
+      elif width == 1:
+        pieces.append(tf.gather(value, index))
       else:
-        alive = tf.math.segment_max(tf.gather(source_alive, gather_index),
-                                    segment)
-      regs.append(reg)
-      alives.append(alive)
-    reg = regs[0] if len(regs) == 1 else tf.concat(regs, 0)
-    alive = alives[0] if len(alives) == 1 else tf.concat(alives, 0)
-    return reg, alive
+        pieces.append(tf.reshape(
+            tf.gather(tf.reshape(value, [-1, width]), index), [-1]))
+    return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
 
   def _side_values(self):
     """(A, R) float64 vectors over sides (shared by cost and term in a graph)."""
@@ -529,25 +675,25 @@ class _Program:
 
   def _compute_side_values(self):
     const = tf.constant(self._side_const_array)
-    if not self.num_slots:
+    if not self.num_slots or not len(self._side_gather):
       return const, tf.zeros_like(const)
-    reg, alive = self._channel_vectors()
+    reg, alive = self._slot_channel_vectors()
     # Sums per slot in float32 (exact for counts; as precise as the per-op
     # path's reduce_sum for regularization), then float64 for the products.
-    slot_alive = tf.math.unsorted_segment_sum(
-        tf.cast(tf.math.segment_sum(alive, self._run_ids), tf.float64),
-        self._run_slot, self.num_slots + 1)
-    slot_reg = tf.math.unsorted_segment_sum(
-        tf.cast(tf.math.segment_sum(reg, self._run_ids), tf.float64),
-        self._run_slot, self.num_slots + 1)
-    if not len(self._side_gather):
-      return const, tf.zeros_like(const)
+    if self._slots_nonempty:
+      slot_alive = tf.math.segment_sum(alive, self._slot_segments)
+      slot_reg = tf.math.segment_sum(reg, self._slot_segments)
+    else:
+      slot_alive = tf.math.unsorted_segment_sum(alive, self._slot_segments,
+                                                self.num_slots)
+      slot_reg = tf.math.unsorted_segment_sum(reg, self._slot_segments,
+                                              self.num_slots)
     alive_sum = tf.math.unsorted_segment_sum(
-        tf.gather(slot_alive, self._side_gather), self._side_segment,
-        self.num_sides)
+        tf.gather(tf.cast(slot_alive, tf.float64), self._side_gather),
+        self._side_segment, self.num_sides)
     reg_sum = tf.math.unsorted_segment_sum(
-        tf.gather(slot_reg, self._side_gather), self._side_segment,
-        self.num_sides)
+        tf.gather(tf.cast(slot_reg, tf.float64), self._side_gather),
+        self._side_segment, self.num_sides)
     return const + alive_sum, reg_sum
 
   def build(self, is_regularization: bool) -> tf.Tensor:
@@ -615,6 +761,8 @@ class _Program:
                 sides=self.num_sides, slots=self.num_slots,
                 source_channels=self._num_source_channels,
                 channels=self.num_channels,
+                slot_channels=self.num_slot_channels,
+                lasso_sources=len(self._lasso_leaves),
                 gamma_sources=len(self._gamma_sources),
                 generic_sources=len(self._generic_leaves))
 
@@ -746,6 +894,37 @@ def _gamma_source(regularizer, size: int):
   return gamma, begin, size, float(threshold)
 
 
+def _lasso_source(regularizer, size: int):
+  """(weights, reduce_dims, count, threshold) of a plain L2 GroupLassoRegularizer.
+
+  None for anything else (a subclass, `l1_fraction > 0`, a shape not known
+  statically), which is read through its properties.
+  """
+  if type(regularizer) is not group_lasso_regularizer.GroupLassoRegularizer:  # pylint: disable=unidiomatic-typecheck
+    return None
+  threshold = regularizer.threshold
+  if regularizer.l1_fraction != 0 or not _is_number(threshold):
+    return None
+  source = regularizer.weight_source
+  base = source
+  while isinstance(base, lazy_evaluation.LazySlice):
+    base = base.source
+  try:
+    shape = lazy_evaluation.static_shape(source)
+    dtype = tf.as_dtype(base.dtype)
+  except (AttributeError, TypeError, ValueError):
+    return None
+  reduce_dims = regularizer.reduce_dims
+  if shape.rank is None or dtype != tf.float32:
+    return None
+  count = group_lasso_regularizer.reduced_count(shape, reduce_dims)
+  kept = [d for d in range(shape.rank)
+          if d not in {r % shape.rank for r in reduce_dims}]
+  if count is None or len(kept) != 1 or shape[kept[0]] != size:
+    return None
+  return source, reduce_dims, count, float(threshold)
+
+
 class CompiledCostCalculator(cost_calculator.CostCalculator):
   """A `CostCalculator` that evaluates the whole network in a few TF ops.
 
@@ -808,10 +987,13 @@ class CompiledCostCalculator(cost_calculator.CostCalculator):
       logging.warning('No supported ops found.')
       return 0.0
     if tf.executing_eagerly():
+      # The concrete function, traced once and called directly: a
+      # `tf.function` call hashes its captures (one per variable read) to
+      # look up its cache at every call.
       function = eager_functions.get(is_regularization)
       if function is None:
         function = tf.function(lambda: program.build(is_regularization),
-                               autograph=False)
+                               autograph=False).get_concrete_function()
         eager_functions[is_regularization] = function
       return function()
     graph = tf.compat.v1.get_default_graph()

@@ -56,6 +56,9 @@ class CostCalculator:
     # (cost / term): an eager loop over hundreds of ops costs ~100x more.
     self._compiled = {}
 
+  # Not converted by AutoGraph inside a user's `tf.function` (plain Python
+  # over a fixed op list: converting it only slows the trace, by seconds).
+  @tf.autograph.experimental.do_not_convert
   def get_cost(self, ops: Optional[Sequence[tf.Operation]] = None):
     """Returns the cost of `ops` if only their alive channels were kept.
 
@@ -69,6 +72,7 @@ class CostCalculator:
     """
     return self._get_cost_or_regularization_term(False, ops)
 
+  @tf.autograph.experimental.do_not_convert
   def get_regularization_term(self,
                               ops: Optional[Sequence[tf.Operation]] = None):
     """Returns the regularization term of `ops` (differentiable in the vectors).

@@ -164,3 +164,30 @@ def test_names_are_unchanged(cls, args, name, cost_name):
   assert reg.name == name
   assert reg.cost_name == cost_name
   assert reg.op_regularizer_manager is reg._manager
+
+
+def test_autograph_does_not_convert_the_evaluation(monkeypatch):
+  # In a user's tf.function (autograph on, as in a custom train step) the
+  # evaluation code runs as plain Python: between the user's (converted)
+  # function and the calculator, no frame is an AutoGraph-converted
+  # get_cost / get_regularization_term (converting the evaluation cost
+  # seconds of tracing on DenseNet201).
+  inputs = keras.Input((6, 6, 3))
+  x = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+  model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(x))
+  reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(
+      model, gamma_threshold=0.5)
+  frames = []
+  original = compiled_cost.CompiledCostCalculator._get_cost_or_regularization_term
+
+  def spy(self, is_regularization, ops):
+    frames.extend((frame.filename, frame.function) for frame in inspect.stack())
+    return original(self, is_regularization, ops)
+
+  monkeypatch.setattr(compiled_cost.CompiledCostCalculator,
+                      '_get_cost_or_regularization_term', spy)
+  tf.function(lambda: (reg.get_cost(), reg.get_regularization_term()))()
+  names = {function for _, function in frames}
+  assert 'get_cost' in names and 'get_regularization_term' in names
+  assert not [(f, n) for f, n in frames if '__autograph_generated' in f and (
+      'get_cost' in n or 'regularization_term' in n)]

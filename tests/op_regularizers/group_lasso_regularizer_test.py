@@ -116,3 +116,53 @@ def test_negative_reduce_dims_are_axes():
   reg = group_lasso_regularizer.GroupLassoRegularizer(
       tf.Variable(tf.ones([2, 3, 4])), (-3, -2), 0.1)
   np.testing.assert_allclose(reg.regularization_vector.numpy(), [1.0] * 4)
+
+
+@pytest.mark.parametrize('shape,blocked', [((3, 3, 160, 1500), True),
+                                           ((2000, 1000), False)])
+def test_large_kernels_are_summed_in_blocks(monkeypatch, shape, blocked):
+  # With the blocking threshold lowered to 2**21 elements, a [3, 3, 160, 1500]
+  # kernel (2,160,000 elements, reduced over its leading axes) is summed in
+  # 174-row blocks (2**18 // 1500): 8 blocks in a while loop + a 48-row
+  # remainder; [2000, 1000] (2,000,000 < 2**21 = 2,097,152) is not. Reference: float64
+  # numpy RMS; gradient of sum(norm): d sqrt(s / n) / dw = w / (n * norm).
+  monkeypatch.setattr(group_lasso_regularizer, '_MIN_BLOCKED_ELEMENTS', 2**21)
+  rng = np.random.default_rng(3)
+  weights_np = rng.normal(size=shape).astype(np.float32)
+  weights = tf.Variable(weights_np)
+  dims = tuple(range(len(shape) - 1))
+  reg = group_lasso_regularizer.GroupLassoRegularizer(weights, dims, 1.0)
+  n = np.prod(shape[:-1])
+  expected = np.sqrt(np.sum(weights_np.astype(np.float64) ** 2, axis=dims) / n)
+  with tf.GradientTape() as tape:
+    norm = reg.regularization_vector
+    total = tf.reduce_sum(norm)
+  np.testing.assert_allclose(norm.numpy(), expected, rtol=1e-5)
+  graph = tf.function(lambda: reg.regularization_vector).get_concrete_function().graph
+  assert any(op.type.endswith('While')
+             for op in graph.get_operations()) == blocked
+  np.testing.assert_allclose(tape.gradient(total, weights).numpy(),
+                             weights_np / (n * expected), rtol=1e-4, atol=1e-9)
+
+
+def test_blocked_sum_in_a_v1_graph_session(monkeypatch):
+  # The same blocked path built in a tf.compat.v1 graph (threshold lowered to
+  # 2**21; 4500x1000: 17 blocks of 262 rows + 46): values and gradient
+  # (d sqrt(s / n) / dw = w / (n * norm)) read with a session.
+  monkeypatch.setattr(group_lasso_regularizer, '_MIN_BLOCKED_ELEMENTS', 2**21)
+  rng = np.random.default_rng(4)
+  weights_np = rng.normal(size=(4500, 1000)).astype(np.float32)
+  expected = np.sqrt(np.mean(weights_np.astype(np.float64) ** 2, axis=0))
+  graph = tf.Graph()
+  with graph.as_default():
+    weights = tf.compat.v1.get_variable('w', initializer=weights_np,
+                                        use_resource=True)
+    reg = group_lasso_regularizer.GroupLassoRegularizer(weights, (0,), 1.0)
+    norm = reg.regularization_vector
+    grad = tf.compat.v1.gradients(tf.reduce_sum(norm), weights)[0]
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      norm_value, grad_value = sess.run([norm, grad])
+  np.testing.assert_allclose(norm_value, expected, rtol=1e-5)
+  np.testing.assert_allclose(grad_value, weights_np / (4500 * expected),
+                             rtol=1e-4, atol=1e-9)
