@@ -302,7 +302,11 @@ def main(argv=None):
   summary = summarize(runs, args, cost_fn(seed), seed_widths, layers)
   minutes = (time.perf_counter() - start) / 60
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  summary['plots'] = write_plots(summary, args.out, args.epochs, args.seeds)
+  # Paths inside the repository are written relative to it (the JSON is committed).
+  repo = os.path.dirname(HERE)
+  summary['plots'] = [
+      os.path.relpath(path, repo) if os.path.abspath(path).startswith(repo + os.sep) else path
+      for path in write_plots(summary, args.out, args.epochs, args.seeds)]
   summary['command'] = 'python benchmarks/quality_fashion_mnist.py ' + shlex.join(
       sys.argv[1:] if argv is None else argv)
   summary['wall_minutes'] = minutes
