@@ -109,3 +109,15 @@ def build(mode: str, net_fn: Callable, image_shape: Sequence[int],
   image = graph.inputs[0]
   outputs = tf.nest.map_structure(lambda t: t, concrete.structured_outputs)
   return Built(TRACED, graph, outputs, variables, image)
+
+
+def fused_bn(x, var, name: str, gamma):
+  """A fused batch norm (training mode) on a 4-D `x` with variables `<name>_gamma/_beta`.
+
+  For network functions of `build`: `gamma` sets the alive channels (beta 0).
+  """
+  with tf.name_scope(name):
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        x, var(f'{name}_gamma', gamma), var(f'{name}_beta', np.zeros(len(gamma))),
+        is_training=True)
+    return y

@@ -24,12 +24,7 @@ _IMAGE = [1, 6, 6, 3]
 _S = 36  # 6x6 output positions (SAME, stride 1).
 
 
-def _bn(x, var, name, gamma):
-  with tf.name_scope(name):
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        x, var(f'{name}_gamma', gamma), var(f'{name}_beta', np.zeros(len(gamma))),
-        is_training=True)
-  return y
+_bn = graph_modes.fused_bn
 
 
 def _grouped_net(gamma_in, gamma_out, groups, c_in=8, c_out=4):

@@ -17,12 +17,7 @@ _IMAGE = [1, 6, 6, 3]
 _S = 36
 
 
-def _bn(x, var, name, gamma):
-  with tf.name_scope(name):
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        x, var(f'{name}_gamma', gamma), var(f'{name}_beta', np.zeros(len(gamma))),
-        is_training=True)
-  return y
+_bn = graph_modes.fused_bn
 
 
 def _csp_net(gamma0, gamma1, num_or_sizes=2):

@@ -89,12 +89,7 @@ def test_handler_for_op():
       handler.create_regularizer(None)
 
 
-def _bn(x, var, name, gamma):
-  with tf.name_scope(name):
-    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-        x, var(f'{name}_gamma', gamma), var(f'{name}_beta', np.zeros(len(gamma))),
-        is_training=True)
-    return y
+_bn = graph_modes.fused_bn
 
 
 def _cropped_net(gamma1, gamma2, crop):
