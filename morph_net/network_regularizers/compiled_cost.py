@@ -866,6 +866,16 @@ def _group_members(regularizer):
   return kind, list(members)
 
 
+def _float32_static_shape(value, dtype_of) -> Optional[tf.TensorShape]:
+  """The static shape of `value` when `dtype_of` (its variable) is float32, else None."""
+  try:
+    shape = lazy_evaluation.static_shape(value)
+    dtype = tf.as_dtype(dtype_of.dtype)
+  except (AttributeError, TypeError, ValueError):
+    return None
+  return shape if dtype == tf.float32 else None
+
+
 def _gamma_source(regularizer, size: int):
   """(source, begin, size, threshold) of a plain GammaL1Regularizer, else None."""
   if type(regularizer) is not gamma_l1_regularizer.GammaL1Regularizer:  # pylint: disable=unidiomatic-typecheck
@@ -880,13 +890,8 @@ def _gamma_source(regularizer, size: int):
       return None
     begin = gamma.begin
     gamma = gamma.source
-  try:
-    shape = lazy_evaluation.static_shape(gamma)
-    dtype = tf.as_dtype(gamma.dtype)
-  except (AttributeError, TypeError, ValueError):
-    return None
-  if (shape.rank != 1 or shape[0] is None or dtype != tf.float32
-      or begin + size > shape[0]):
+  shape = _float32_static_shape(gamma, gamma)
+  if shape is None or shape.rank != 1 or shape[0] is None or begin + size > shape[0]:
     return None
   if isinstance(gamma, lazy_evaluation.LazySlice) or callable(gamma) and not (
       lazy_evaluation._is_variable(gamma)):  # pylint: disable=protected-access
@@ -909,13 +914,9 @@ def _lasso_source(regularizer, size: int):
   base = source
   while isinstance(base, lazy_evaluation.LazySlice):
     base = base.source
-  try:
-    shape = lazy_evaluation.static_shape(source)
-    dtype = tf.as_dtype(base.dtype)
-  except (AttributeError, TypeError, ValueError):
-    return None
+  shape = _float32_static_shape(source, base)
   reduce_dims = regularizer.reduce_dims
-  if shape.rank is None or dtype != tf.float32:
+  if shape is None or shape.rank is None:
     return None
   count = group_lasso_regularizer.reduced_count(shape, reduce_dims)
   kept = [d for d in range(shape.rank)
