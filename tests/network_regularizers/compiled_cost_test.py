@@ -318,6 +318,40 @@ def test_node_count_does_not_grow_with_op_slices():
   assert counts[6] == counts[2]
 
 
+def test_group_lasso_kernel_sliced_by_a_concat_is_summed_once():
+  # conv_a (8 channels) is added to concat(conv_b, conv_c) (4 + 4): the
+  # manager cuts conv_a into two 4-channel slices, whose group-lasso sources
+  # are slices of one kernel along its output axis. The compiled program sums
+  # the squares of each of the 4 kernels once (conv_a, conv_b, conv_c, the
+  # dense head) for 5 sources; cost and term equal the per-op path.
+  keras.backend.clear_session()
+  inputs = keras.Input((6, 6, 3))
+  a = keras.layers.Conv2D(8, 3, padding='same', name='conv_a')(inputs)
+  b = keras.layers.Conv2D(4, 1, name='conv_b')(inputs)
+  c = keras.layers.Conv2D(4, 1, name='conv_c')(inputs)
+  x = keras.layers.Add()([a, keras.layers.Concatenate()([b, c])])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='head')(x))
+  rng = np.random.default_rng(7)
+  for layer in model.layers:
+    if layer.weights:
+      kernel = layer.weights[0]
+      # Channels of norm 0.05-0.5 around the threshold 0.2.
+      values = rng.normal(size=kernel.shape) * rng.uniform(
+          0.05, 0.5, kernel.shape[-1])
+      kernel.assign(values.astype(np.float32))
+  reg = flop_regularizer.GroupLassoFlopsRegularizer.from_keras_model(
+      model, threshold=0.2)
+  sizes = reg._calculator.program.describe()
+  assert (sizes['lasso_sources'], sizes['lasso_kernels']) == (5, 4)
+  per_op = cost_calculator.CostCalculator(reg.op_regularizer_manager,
+                                          resource_function.flop_function)
+  assert float(reg.get_cost()) == pytest.approx(float(per_op.get_cost()),
+                                                rel=RTOL)
+  assert float(reg.get_regularization_term()) == pytest.approx(
+      float(per_op.get_regularization_term()), rel=RTOL)
+
+
 def test_eager_function_and_distribute_equal_per_op():
   keras.backend.clear_session()
   model = _keras_net(branches=3)

@@ -118,15 +118,24 @@ def test_negative_reduce_dims_are_axes():
   np.testing.assert_allclose(reg.regularization_vector.numpy(), [1.0] * 4)
 
 
-@pytest.mark.parametrize('shape,blocked', [((3, 3, 160, 1500), True),
-                                           ((2000, 1000), False)])
-def test_large_kernels_are_summed_in_blocks(monkeypatch, shape, blocked):
-  # With the blocking threshold lowered to 2**21 elements, a [3, 3, 160, 1500]
-  # kernel (2,160,000 elements, reduced over its leading axes) is summed in
-  # 174-row blocks (2**18 // 1500): 8 blocks in a while loop + a 48-row
-  # remainder; [2000, 1000] (2,000,000 < 2**21 = 2,097,152) is not. Reference: float64
-  # numpy RMS; gradient of sum(norm): d sqrt(s / n) / dw = w / (n * norm).
-  monkeypatch.setattr(group_lasso_regularizer, '_MIN_BLOCKED_ELEMENTS', 2**21)
+def _euclidean_norm_ops(fn) -> int:
+  graph = tf.function(fn).get_concrete_function().graph
+  return sum(op.type == 'EuclideanNorm' for op in graph.get_operations())
+
+
+# Stages per kernel, by the rule of `_column_sum_of_squares`: the rows (the
+# product of the reduced leading axes) are divided by the first of 16, 8, 32,
+# 12, 24, 20, 10, 6, 4, 48, 64 that leaves at least 2 rows, at most twice.
+@pytest.mark.parametrize('shape,stages', [
+    ((3, 3, 160, 1500), 2),  # 1440 rows -> 90 (/16) -> 9 (/10).
+    ((4096, 64), 2),         # 4096 -> 256 -> 16.
+    ((147, 1000), 0),        # 147 = 3 * 7 * 7: no factor, one column sum.
+    ((100, 300), 0),         # 30,000 < 2**16 elements: one reduce op.
+    ((2, 8, 5000), 1),       # 16 rows -> 2 (/8) -> none (2 / f < 2).
+])
+def test_large_kernels_are_summed_in_stages(shape, stages):
+  # Reference: float64 numpy RMS over the leading axes; gradient of sum(norm):
+  # d sqrt(s / n) / dw = w / (n * norm).
   rng = np.random.default_rng(3)
   weights_np = rng.normal(size=shape).astype(np.float32)
   weights = tf.Variable(weights_np)
@@ -137,21 +146,36 @@ def test_large_kernels_are_summed_in_blocks(monkeypatch, shape, blocked):
   with tf.GradientTape() as tape:
     norm = reg.regularization_vector
     total = tf.reduce_sum(norm)
-  np.testing.assert_allclose(norm.numpy(), expected, rtol=1e-5)
-  graph = tf.function(lambda: reg.regularization_vector).get_concrete_function().graph
-  assert any(op.type.endswith('While')
-             for op in graph.get_operations()) == blocked
+  np.testing.assert_allclose(norm.numpy(), expected, rtol=1e-6)
+  assert _euclidean_norm_ops(lambda: reg.regularization_vector) == stages
   np.testing.assert_allclose(tape.gradient(total, weights).numpy(),
-                             weights_np / (n * expected), rtol=1e-4, atol=1e-9)
+                             weights_np / (n * expected), rtol=1e-5, atol=1e-9)
 
 
-def test_blocked_sum_in_a_v1_graph_session(monkeypatch):
-  # The same blocked path built in a tf.compat.v1 graph (threshold lowered to
-  # 2**21; 4500x1000: 17 blocks of 262 rows + 46): values and gradient
-  # (d sqrt(s / n) / dw = w / (n * norm)) read with a session.
-  monkeypatch.setattr(group_lasso_regularizer, '_MIN_BLOCKED_ELEMENTS', 2**21)
+def test_staged_gradient_is_finite_where_a_block_of_rows_is_zero():
+  # Rows 0-15 of a [4096, 64] kernel are zero: the first stage's norm of that
+  # block is 0, where EuclideanNorm's own gradient (w / norm) would be 0 / 0.
+  # The gradient of sum(sum_of_squares) is 2 * w: 0 on those rows.
+  weights_np = np.random.default_rng(5).normal(size=(4096, 64)).astype(
+      np.float32)
+  weights_np[:16] = 0.0
+  weights = tf.Variable(weights_np)
+  with tf.GradientTape() as tape:
+    total = tf.reduce_sum(group_lasso_regularizer.sum_of_squares(
+        tf.convert_to_tensor(weights), (0,)))
+  grad = tape.gradient(total, weights).numpy()
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, 2.0 * weights_np, rtol=1e-6)
+  np.testing.assert_allclose(
+      total.numpy(), np.sum(weights_np.astype(np.float64) ** 2), rtol=1e-6)
+
+
+def test_staged_sum_in_a_v1_graph_session():
+  # The staged path built in a tf.compat.v1 graph (4800x1000: 4800 rows ->
+  # 300 -> 25 (/12)): values and gradient (d sqrt(s / n) / dw = w / (n *
+  # norm)) read with a session.
   rng = np.random.default_rng(4)
-  weights_np = rng.normal(size=(4500, 1000)).astype(np.float32)
+  weights_np = rng.normal(size=(4800, 1000)).astype(np.float32)
   expected = np.sqrt(np.mean(weights_np.astype(np.float64) ** 2, axis=0))
   graph = tf.Graph()
   with graph.as_default():
@@ -160,9 +184,90 @@ def test_blocked_sum_in_a_v1_graph_session(monkeypatch):
     reg = group_lasso_regularizer.GroupLassoRegularizer(weights, (0,), 1.0)
     norm = reg.regularization_vector
     grad = tf.compat.v1.gradients(tf.reduce_sum(norm), weights)[0]
+    assert sum(op.type == 'EuclideanNorm'
+               for op in graph.get_operations()) == 2
     with tf.compat.v1.Session() as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
       norm_value, grad_value = sess.run([norm, grad])
-  np.testing.assert_allclose(norm_value, expected, rtol=1e-5)
-  np.testing.assert_allclose(grad_value, weights_np / (4500 * expected),
-                             rtol=1e-4, atol=1e-9)
+  np.testing.assert_allclose(norm_value, expected, rtol=1e-6)
+  np.testing.assert_allclose(grad_value, weights_np / (4800 * expected),
+                             rtol=1e-5, atol=1e-9)
+
+
+# (shape, reduce_dims, EuclideanNorm ops): staged kernels (>= 2**16 elements,
+# reduced over the leading axes, rows with a factor) take 2, any other 1.
+_KERNELS = [((3, 3, 64, 128), (0, 1, 2), 2),   # 576 rows / 16.
+            ((4096, 40), (0,), 2),             # 4096 rows / 16.
+            ((3, 3, 8, 16), (0, 1, 2), 1),     # 1,152 elements: small.
+            ((2, 2, 300, 70), (0, 1, 3), 1),   # Keeps axis 2 (an input side).
+            ((600, 200), (-1,), 1),            # Keeps axis 0.
+            ((147, 1000), (0,), 1)]            # 147 rows: no factor.
+
+
+def _concat_reference(arrays):
+  sums = []
+  for array, (shape, dims, _) in zip(arrays, _KERNELS):
+    sums.append(np.sum(array.astype(np.float64) ** 2,
+                       axis=tuple(d % len(shape) for d in dims)))
+  return np.concatenate(sums)
+
+
+def test_concat_sums_of_squares_values_gradient_and_nodes():
+  # Reference: float64 numpy sums of squares, kernel after kernel; gradient
+  # of sum(c * sums) is 2 * c * w broadcast over the reduced axes. Rows 0-15
+  # of the [4096, 40] kernel are zero (a zero block of the first stage).
+  rng = np.random.default_rng(11)
+  arrays = [rng.normal(size=shape).astype(np.float32)
+            for shape, _, _ in _KERNELS]
+  arrays[1][:16] = 0.0
+  variables = [tf.Variable(a) for a in arrays]
+  expected = _concat_reference(arrays)
+  weights = rng.uniform(0.5, 2.0, expected.shape).astype(np.float32)
+
+  def total_of():
+    return group_lasso_regularizer.concat_sums_of_squares(
+        [(tf.convert_to_tensor(v), dims)
+         for v, (_, dims, _) in zip(variables, _KERNELS)])
+
+  with tf.GradientTape() as tape:
+    total = total_of()
+    loss = tf.reduce_sum(weights * total)
+  np.testing.assert_allclose(total.numpy(), expected, rtol=1e-6)
+  offset = 0
+  for variable, array, (shape, dims, _), grad in zip(
+      variables, arrays, _KERNELS, tape.gradient(loss, variables)):
+    grad = grad.numpy()
+    kept = [d for d in range(len(shape))
+            if d not in {r % len(shape) for r in dims}][0]
+    size = shape[kept]
+    broadcast = [1] * len(shape)
+    broadcast[kept] = size
+    c = weights[offset:offset + size].reshape(broadcast)
+    offset += size
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, 2.0 * c * array, rtol=1e-6)
+  graph = tf.function(total_of).get_concrete_function().graph
+  types = [op.type for op in graph.get_operations()]
+  assert types.count('EuclideanNorm') == sum(n for _, _, n in _KERNELS)
+  # Shared constants, one per distinct value: reshapes (36, 16, 128) and
+  # (256, 16, 40); axes (1,), (0,), (0, 1, 2), (0, 1, 3) (the (600, 200)
+  # kernel's (1,) and the 147-row kernel's (0,) are shared); and the
+  # concat's axis.
+  assert types.count('Const') == 7
+
+
+def test_concat_sums_of_squares_in_a_v1_graph_session():
+  rng = np.random.default_rng(12)
+  arrays = [rng.normal(size=shape).astype(np.float32)
+            for shape, _, _ in _KERNELS]
+  graph = tf.Graph()
+  with graph.as_default():
+    tensors = [tf.constant(a) for a in arrays]
+    total = group_lasso_regularizer.concat_sums_of_squares(
+        [(t, dims) for t, (_, dims, _) in zip(tensors, _KERNELS)])
+    grads = tf.compat.v1.gradients(tf.reduce_sum(total), tensors)
+    with tf.compat.v1.Session() as sess:
+      total_value, grad_values = sess.run([total, grads])
+  np.testing.assert_allclose(total_value, _concat_reference(arrays), rtol=1e-6)
+  for grad, array in zip(grad_values, arrays):
+    np.testing.assert_allclose(grad, 2.0 * array, rtol=1e-6)
