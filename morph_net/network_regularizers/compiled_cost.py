@@ -36,8 +36,10 @@ resource functions) is unchanged.
 
 Evaluation is lazy like the regularizers: a `tf.compat.v1` graph gets its own
 tensors (cached per graph for the whole network), an eager call runs one
-concrete function per (ops, kind), called directly, and inside
-a `tf.function` or a distribution-strategy replica the ops are built inline.
+concrete function per (ops, kind), called directly (one for both kinds when
+group-lasso norms are read: they dominate the call, and the first call of
+either kind then traces both), and inside a `tf.function` or a
+distribution-strategy replica the ops are built inline.
 """
 
 from __future__ import annotations
@@ -715,17 +717,26 @@ class _Program:
   def build(self, is_regularization: bool) -> tf.Tensor:
     """The weighted cost or term, float32, built in the current context."""
     with lazy_evaluation.evaluation_scope():
-      total = None
-      if self.num_ops:
-        total = self._compiled_total(is_regularization)
-      for op, weight in zip(self.fallback_ops, self._fallback_weights):
-        value = self._calculator._sum_over_ops_in_scope(  # pylint: disable=protected-access
-            is_regularization, [op])
-        value = weight * tf.cast(value, tf.float64)
-        total = value if total is None else total + value
-      if total is None:
-        return tf.constant(0.0, tf.float32)
-      return tf.cast(total, tf.float32)
+      return self._build(is_regularization)
+
+  def build_both(self) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(cost, term), built in the current context on shared sources."""
+    with lazy_evaluation.evaluation_scope():
+      return self._build(False), self._build(True)
+
+  def _build(self, is_regularization: bool) -> tf.Tensor:
+    """`build` inside an evaluation scope."""
+    total = None
+    if self.num_ops:
+      total = self._compiled_total(is_regularization)
+    for op, weight in zip(self.fallback_ops, self._fallback_weights):
+      value = self._calculator._sum_over_ops_in_scope(  # pylint: disable=protected-access
+          is_regularization, [op])
+      value = weight * tf.cast(value, tf.float64)
+      total = value if total is None else total + value
+    if total is None:
+      return tf.constant(0.0, tf.float32)
+    return tf.cast(total, tf.float32)
 
   def _compiled_total(self, is_regularization):
     side_alive, side_reg = self._side_values()
@@ -770,6 +781,11 @@ class _Program:
     if np.all(self._weights == 1.0):
       return tf.reduce_sum(per_op)
     return tf.reduce_sum(tf.constant(self._weights) * per_op)
+
+  @property
+  def costly_sources(self) -> bool:
+    """Whether reading the sources dominates an evaluation (group lasso)."""
+    return bool(self._lasso_kernels)
 
   def describe(self) -> Dict[str, int]:
     """Sizes of the compiled program (for benchmarks and tests)."""
@@ -1028,6 +1044,16 @@ class CompiledCostCalculator(cost_calculator.CostCalculator):
       # The concrete function, traced once and called directly: a
       # `tf.function` call hashes its captures (one per variable read) to
       # look up its cache at every call.
+      if program.costly_sources:
+        # Group-lasso norms (a pass over every kernel) dominate each call and
+        # tracing: one function gives both the cost and the term, so the
+        # first call of either traces once and the other is ready.
+        function = eager_functions.get('both')
+        if function is None:
+          function = tf.function(program.build_both,
+                                 autograph=False).get_concrete_function()
+          eager_functions['both'] = function
+        return function()[int(is_regularization)]
       function = eager_functions.get(is_regularization)
       if function is None:
         function = tf.function(lambda: program.build(is_regularization),

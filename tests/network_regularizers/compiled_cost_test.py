@@ -348,8 +348,17 @@ def test_group_lasso_kernel_sliced_by_a_concat_is_summed_once():
                                           resource_function.flop_function)
   assert float(reg.get_cost()) == pytest.approx(float(per_op.get_cost()),
                                                 rel=RTOL)
-  assert float(reg.get_regularization_term()) == pytest.approx(
-      float(per_op.get_regularization_term()), rel=RTOL)
+  kernels = [layer.weights[0] for layer in model.layers if layer.weights]
+  with tf.GradientTape(persistent=True) as tape:
+    term = reg.get_regularization_term()
+    reference = per_op.get_regularization_term()
+  assert float(term) == pytest.approx(float(reference), rel=RTOL)
+  for grad, expected in zip(tape.gradient(term, kernels),
+                            tape.gradient(reference, kernels)):
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-5,
+                               atol=1e-9)
+  # One eager function serves both the cost and the term (group lasso).
+  assert list(reg._calculator._programs[None][1]) == ['both']
 
 
 def test_eager_function_and_distribute_equal_per_op():
