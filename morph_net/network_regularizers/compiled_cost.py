@@ -286,7 +286,9 @@ class _Program:
 
     # --- Channel layout. ---
     self._build_layout()
-    self._side_cache = lazy_evaluation.PerGraphCache()
+    self._slot_cache = lazy_evaluation.PerGraphCache()
+    self._alive_cache = lazy_evaluation.PerGraphCache()
+    self._reg_cache = lazy_evaluation.PerGraphCache()
 
   # Analysis helpers.
 
@@ -622,7 +624,8 @@ class _Program:
     return source_reg, (alives[0] if len(alives) == 1 else tf.concat(alives, 0))
 
   def _slot_channel_vectors(self):
-    """(regularization, alive) float32 vectors of the slot channels."""
+    """(regularization, alive) float32 vectors of the slot channels, and the
+    regularization vector of the source channels."""
     need_alive = not self._slot_alive_from_reg
     # Source alive values are read by groups only where the group's alive
     # vector does not follow from its regularization.
@@ -661,8 +664,8 @@ class _Program:
       alive_parts.append(alive)
     reg = self._gather_slot_channels(reg_parts)
     if not need_alive:
-      return reg, tf.cast(reg > self._slot_threshold, tf.float32)
-    return reg, self._gather_slot_channels(alive_parts)
+      return reg, tf.cast(reg > self._slot_threshold, tf.float32), source_reg
+    return reg, self._gather_slot_channels(alive_parts), source_reg
 
   def _group_thresholds_max(self) -> List[float]:
     """Per channel of the max block, the threshold of its group."""
@@ -687,32 +690,47 @@ class _Program:
             tf.gather(tf.reshape(value, [-1, width]), index), [-1]))
     return pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
 
-  def _side_values(self):
-    """(A, R) float64 vectors over sides (shared by cost and term in a graph)."""
-    return self._side_cache.get(self._compute_side_values)
+  def _slot_vectors(self):
+    """`_slot_channel_vectors`, shared by cost and term in a graph."""
+    return self._slot_cache.get(self._slot_channel_vectors)
 
-  def _compute_side_values(self):
-    const = tf.constant(self._side_const_array)
+  def _side_alive(self):
+    """A float64 vector over sides: alive channels (shared in a graph)."""
+    return self._alive_cache.get(lambda: self._side_sums(1))
+
+  def _side_reg(self):
+    """R float64 vector over sides: summed regularization (shared in a graph)."""
+    return self._reg_cache.get(lambda: self._side_sums(0))
+
+  def _side_sums(self, index):
+    """Slot-channel vector `index` (0: reg, 1: alive) summed over sides."""
+    const = tf.constant(self._side_const_array if index else np.zeros_like(
+        self._side_const_array))
     if not self.num_slots or not len(self._side_gather):
-      return const, tf.zeros_like(const)
-    reg, alive = self._slot_channel_vectors()
+      return const
+    values = self._slot_vectors()[index]
     # Sums per slot in float32 (exact for counts; as precise as the per-op
     # path's reduce_sum for regularization), then float64 for the products.
     if self._slots_nonempty:
-      slot_alive = tf.math.segment_sum(alive, self._slot_segments)
-      slot_reg = tf.math.segment_sum(reg, self._slot_segments)
+      per_slot = tf.math.segment_sum(values, self._slot_segments)
     else:
-      slot_alive = tf.math.unsorted_segment_sum(alive, self._slot_segments,
-                                                self.num_slots)
-      slot_reg = tf.math.unsorted_segment_sum(reg, self._slot_segments,
+      per_slot = tf.math.unsorted_segment_sum(values, self._slot_segments,
                                               self.num_slots)
-    alive_sum = tf.math.unsorted_segment_sum(
-        tf.gather(tf.cast(slot_alive, tf.float64), self._side_gather),
+    sums = tf.math.unsorted_segment_sum(
+        tf.gather(tf.cast(per_slot, tf.float64), self._side_gather),
         self._side_segment, self.num_sides)
-    reg_sum = tf.math.unsorted_segment_sum(
-        tf.gather(tf.cast(slot_reg, tf.float64), self._side_gather),
-        self._side_segment, self.num_sides)
-    return const + alive_sum, reg_sum
+    return const + sums if index else sums
+
+  def _non_finite_guard(self):
+    """0 when every source regularization value is finite, else NaN.
+
+    Costs propagate non-finite regularization (see CostCalculator): every
+    source channel feeds a costed op's slice or a group of one, so one sum
+    over the sources does what adding `0 * R` to every side would.
+    """
+    if not self.num_slots or not len(self._side_gather):
+      return None
+    return 0.0 * tf.cast(tf.reduce_sum(self._slot_vectors()[2]), tf.float64)
 
   def build(self, is_regularization: bool) -> tf.Tensor:
     """The weighted cost or term, float32, built in the current context."""
@@ -739,24 +757,30 @@ class _Program:
     return tf.cast(total, tf.float32)
 
   def _compiled_total(self, is_regularization):
-    side_alive, side_reg = self._side_values()
-    if not is_regularization:
-      # Costs propagate non-finite regularization (see CostCalculator).
-      side_alive = side_alive + 0.0 * side_reg
-    a_in = tf.gather(side_alive, self._in_sides)
-    a_out = tf.gather(side_alive, self._out_sides)
-    r_in = tf.gather(side_reg, self._in_sides)
-    r_out = tf.gather(side_reg, self._out_sides)
-    monomials = (None, a_in, a_out, a_in * a_out, r_in, r_out, a_in * r_out,
-                 a_out * r_in)
+    gathered = {}
+
+    def side(name):
+      # Per op, the alive count (A) or regularization (R) of its input or
+      # output side; built when a monomial needs it.
+      if name not in gathered:
+        vector = self._side_alive() if name[0] == 'a' else self._side_reg()
+        gathered[name] = tf.gather(
+            vector, self._in_sides if name.endswith('in') else self._out_sides)
+      return gathered[name]
+
+    monomials = (lambda: None, lambda: side('a_in'), lambda: side('a_out'),
+                 lambda: side('a_in') * side('a_out'), lambda: side('r_in'),
+                 lambda: side('r_out'), lambda: side('a_in') * side('r_out'),
+                 lambda: side('a_out') * side('r_in'))
     forms = []
     for kind in (self._cost_coefficients, self._term_coefficients):
       kind_forms = []
       for component in kind:
         value = None
-        for coefficients, monomial in zip(component, monomials):
+        for coefficients, make_monomial in zip(component, monomials):
           if coefficients is None:
             continue
+          monomial = make_monomial()
           term = (tf.constant(coefficients) if monomial is None
                   else tf.constant(coefficients) * monomial)
           value = term if value is None else value + term
@@ -779,8 +803,14 @@ class _Program:
       for cost in costs[1:]:
         per_op = tf.maximum(per_op, cost)
     if np.all(self._weights == 1.0):
-      return tf.reduce_sum(per_op)
-    return tf.reduce_sum(tf.constant(self._weights) * per_op)
+      total = tf.reduce_sum(per_op)
+    else:
+      total = tf.reduce_sum(tf.constant(self._weights) * per_op)
+    if not is_regularization:
+      guard = self._non_finite_guard()
+      if guard is not None:
+        total = total + guard
+    return total
 
   @property
   def costly_sources(self) -> bool:

@@ -448,6 +448,11 @@ def test_non_finite_gammas_give_non_finite_cost_and_term(bn_reg, bad):
   assert np.isnan(float(reg.get_cost()))
   assert not np.isfinite(float(reg.get_regularization_term()))
   assert np.isnan(float(tf.function(reg.get_cost, autograph=False)()))
+  # The fc layer reads bn2's channels only: its cost stays finite (2 * 5 * 2
+  # with all 5 bn2 channels alive), as in the per-op path.
+  fc = [op for op in reg.op_regularizer_manager.ops
+        if op.type == 'MatMul']
+  assert float(reg.get_cost(fc)) == 2 * 5 * 2
 
 
 @pytest.mark.parametrize('bad, description', [
