@@ -695,19 +695,18 @@ class _Program:
     return self._slot_cache.get(self._slot_channel_vectors)
 
   def _side_alive(self):
-    """A float64 vector over sides: alive channels (shared in a graph)."""
+    """Alive channels per side, float64, constant ones included (shared in a graph)."""
     return self._alive_cache.get(lambda: self._side_sums(1))
 
   def _side_reg(self):
-    """R float64 vector over sides: summed regularization (shared in a graph)."""
+    """Summed regularization per side, float64 (shared in a graph)."""
     return self._reg_cache.get(lambda: self._side_sums(0))
 
   def _side_sums(self, index):
     """Slot-channel vector `index` (0: reg, 1: alive) summed over sides."""
-    const = tf.constant(self._side_const_array if index else np.zeros_like(
-        self._side_const_array))
     if not self.num_slots or not len(self._side_gather):
-      return const
+      return tf.constant(self._side_const_array if index else np.zeros_like(
+          self._side_const_array))
     values = self._slot_vectors()[index]
     # Sums per slot in float32 (exact for counts; as precise as the per-op
     # path's reduce_sum for regularization), then float64 for the products.
@@ -719,7 +718,7 @@ class _Program:
     sums = tf.math.unsorted_segment_sum(
         tf.gather(tf.cast(per_slot, tf.float64), self._side_gather),
         self._side_segment, self.num_sides)
-    return const + sums if index else sums
+    return tf.constant(self._side_const_array) + sums if index else sums
 
   def _non_finite_guard(self):
     """0 when every source regularization value is finite, else NaN.
