@@ -234,8 +234,8 @@ def test_concat_sums_of_squares_values_gradient_and_nodes():
     loss = tf.reduce_sum(weights * total)
   np.testing.assert_allclose(total.numpy(), expected, rtol=1e-6)
   offset = 0
-  for variable, array, (shape, dims, _), grad in zip(
-      variables, arrays, _KERNELS, tape.gradient(loss, variables)):
+  for array, (shape, dims, _), grad in zip(
+      arrays, _KERNELS, tape.gradient(loss, variables)):
     grad = grad.numpy()
     kept = [d for d in range(len(shape))
             if d not in {r % len(shape) for r in dims}][0]
