@@ -18,7 +18,7 @@ checks the values agree; `--graph` times building cost and term for a
 ResNet-152 v1 graph in tf.compat.v1 mode, per-op vs compiled.
 
 Run: python benchmarks/analysis_speed.py [--all] [--per-op] [--graph]
-     [--record] [--models ResNet50 DenseNet201 ...] [--fit DenseNet201]
+     [--record] [--models ResNet50 DenseNet201 ...] [--fit DenseNet201 [--batch 8]]
 """
 
 from __future__ import annotations
@@ -188,8 +188,8 @@ def measure_graph_mode() -> dict:
               speedup=per_op / compiled, rel_diff=diff)
 
 
-def measure_fit(name: str, size: int, steps: int = 5) -> dict:
-  """Train-step time with and without the term (GammaFlops), batch 1.
+def measure_fit(name: str, size: int, steps: int = 5, batch: int = 1) -> dict:
+  """Train-step time with and without the term (GammaFlops), batch `batch`.
 
   Two `tf.function` train steps (forward, loss, gradients) on the same model,
   one with `1e-9 * get_regularization_term()` added to the loss, called in
@@ -205,9 +205,9 @@ def measure_fit(name: str, size: int, steps: int = 5) -> dict:
                                             input_shape=(size, size, 3))
   reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(
       model, gamma_threshold=1e-2)
-  x = tf.constant(np.random.default_rng(0).random((1, size, size, 3)),
+  x = tf.constant(np.random.default_rng(0).random((batch, size, size, 3)),
                   tf.float32)
-  y = tf.constant([3])
+  y = tf.constant([3] * batch)
   loss_fn = keras.losses.SparseCategoricalCrossentropy()
   variables = model.trainable_variables
 
@@ -263,6 +263,8 @@ def main():
                       help='also time the per-op CostCalculator')
   parser.add_argument('--graph', action='store_true',
                       help='graph mode: ResNet-152 v1 build, per-op vs compiled')
+  parser.add_argument('--batch', type=int, default=1,
+                      help='batch size of the --fit train steps')
   parser.add_argument('--fit', metavar='MODEL',
                       help='train-step time with / without the term')
   parser.add_argument('--record', action='store_true',
@@ -273,8 +275,8 @@ def main():
     print(json.dumps(measure_one(args.one, args.size, args.per_op)))
     return
   if args.fit:
-    f = measure_fit(args.fit, args.size)
-    print(f'{f["model"]} train step (batch 1): plain {f["median"]["plain"]:.3f} s, '
+    f = measure_fit(args.fit, args.size, batch=args.batch)
+    print(f'{f["model"]} train step (batch {args.batch}): plain {f["median"]["plain"]:.3f} s, '
           f'with term {f["median"]["morph"]:.3f} s (overhead '
           f'{100 * f["overhead"]:+.1f} %), term gradients alone '
           f'{f["median"]["term"] * 1e3:.1f} ms ({100 * f["term_share"]:.2f} % of '

@@ -58,7 +58,9 @@ original in inference mode.
 
 Modules: `graph` (graph walk, layer kinds), `structure` (structure resolution
 and checks), `planning` (mask planning), `builder` (the rebuild),
-`transfer` (weight transfer), `channels` (channel descriptors).
+`transfer` (weight transfer), `channels` (channel descriptors), `custom`
+(rebuild rules for custom layers), `applications` (the built-in rules for
+keras.applications' own layers: ConvNeXt's `LayerScale`).
 """
 
 
@@ -68,6 +70,7 @@ from typing import List, Optional
 
 import keras
 
+from morph_net.keras_integration.shrink import applications
 from morph_net.keras_integration.shrink import graph
 from morph_net.keras_integration.shrink.builder import RebuildResult
 from morph_net.keras_integration.shrink.builder import rebuild
@@ -78,6 +81,8 @@ from morph_net.keras_integration.shrink.structure import channel_masks
 from morph_net.keras_integration.shrink.custom import RebuildContext
 from morph_net.keras_integration.shrink.custom import register_layer_rebuilder
 from morph_net.keras_integration.shrink.custom import unregister_layer_rebuilder
+
+applications.register()
 
 __all__ = ['DEPTHWISE_LAYERS', 'RebuildContext', 'RebuildResult', 'StructureLike',
            'WIDTH_LAYERS', 'channel_masks', 'output_width_layers', 'rebuild',
