@@ -42,7 +42,7 @@ def materialize(value: Any) -> tf.Tensor:
   if callable(value) and not _is_variable(value) and not tf.is_tensor(value):
     return value()
   if _is_variable(value):
-    return tf.convert_to_tensor(value)
+    return tf.convert_to_tensor(_replica_local(value))
   if tf.is_tensor(value) and hasattr(value, 'graph'):
     current = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
     if current is not value.graph and not _is_outer_graph(value.graph, current):
@@ -55,6 +55,26 @@ def materialize(value: Any) -> tf.Tensor:
           '(resource variables, or a tf.function traced from them) so that '
           'it can be evaluated anywhere, or evaluate it in its own graph.')
   return value
+
+
+def _replica_local(variable: Any) -> Any:
+  """The distributed variable of a component variable, in a replica context.
+
+  A model traced under a `tf.distribute` strategy reads its variables through
+  their primary components (replica 0's copies). In a replica context reading
+  the distributed variable gives this replica's copy instead, so that the
+  term's gradient reaches the variables each replica's tape watches (without
+  it, replicas other than the first got no gradient from the term).
+  """
+  # TensorFlow marks each component (on its handle for resource variables).
+  container = getattr(variable, '_distributed_container', None) or getattr(
+      getattr(variable, 'handle', None), '_distributed_container', None)
+  if container is None or not callable(container):
+    return variable
+  if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+    return variable
+  parent = container()
+  return variable if parent is None else parent
 
 
 def _is_outer_graph(graph, current) -> bool:

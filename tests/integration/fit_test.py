@@ -155,6 +155,14 @@ def test_mirrored_strategy_matches_single_device(float32_reference):
   assert report['mirrored'] == pytest.approx([cost, term], rel=1e-6)
   for replica_values in report['per_replica']:
     assert replica_values == pytest.approx([cost, term], rel=1e-6)
+  # Every replica's tape gets the term's gradient for its own gamma copies
+  # (the second replica used to get none: the trace reads the primary copies).
+  assert len(report['gradients_per_replica']) == 2
+  for replica_gradients in report['gradients_per_replica']:
+    assert len(replica_gradients) == len(report['single_gradients'])
+    for got, expected in zip(replica_gradients, report['single_gradients']):
+      assert len(expected) > 0
+      np.testing.assert_allclose(got, expected, rtol=1e-6)
   history = report['history']
   assert np.isfinite(history['loss'][0])
   assert report['gamma_changed']  # the mirrored gammas were trained

@@ -103,6 +103,24 @@ def _distributed_main():
 
   per_replica = [[float(v) for v in values] for values in zip(
       *(strategy.experimental_local_results(t) for t in in_replicas()))]
+
+  def gamma_gradients(network, regularizer):
+    # d term / d gamma of each BN, in FILTERS order, as lists.
+    gammas = [network.get_layer(name + '_bn').gamma for name in FILTERS]
+    with tf.GradientTape() as tape:
+      term = regularizer.get_regularization_term()
+    return [tf.convert_to_tensor(g) if g is not None else tf.zeros([0])
+            for g in tape.gradient(term, gammas)]
+
+  single_gradients = [g.numpy().tolist() for g in gamma_gradients(model, reg)]
+
+  @tf.function(autograph=False)
+  def replica_gradients():
+    return strategy.run(lambda: gamma_gradients(mirrored_model, mirrored_reg))
+
+  gradients_per_replica = [
+      [g.numpy().tolist() for g in values] for values in zip(
+          *(strategy.experimental_local_results(t) for t in replica_gradients()))]
   x, y = make_data(64)
   gamma = mirrored_model.get_layer('c1_bn').gamma
   before = gamma.numpy()
@@ -130,6 +148,8 @@ def _distributed_main():
       'single': single,
       'mirrored': mirrored,
       'per_replica': per_replica,
+      'single_gradients': single_gradients,
+      'gradients_per_replica': gradients_per_replica,
       'history': history.history,
       'gamma_changed': gamma_changed,
       'cost_after_fit': cost_after_fit,
