@@ -420,8 +420,8 @@ class _Program:
     kernel_offset = {}
     lasso_gather = []
     lasso_length = 0
-    for leaf, (source, reduce_dims, count, threshold) in self._lasso_leaves:
-      weights, dims, begin, length = _lasso_kernel(source, reduce_dims)
+    for leaf, (weights, dims, begin, length, count,
+               threshold) in self._lasso_leaves:
       key = (id(weights), dims)
       if key not in kernel_offset:
         kernel_offset[key] = lasso_length
@@ -962,8 +962,13 @@ def _gamma_source(regularizer, size: int):
 
 
 def _lasso_source(regularizer, size: int):
-  """(weights, reduce_dims, count, threshold) of a plain L2 GroupLassoRegularizer.
+  """(weights, reduce_dims, first, length, count, threshold) of a plain L2 GroupLassoRegularizer.
 
+  `weights` is the kernel whose norms are computed: a `LazySlice` (or a chain
+  of them) along the kept, output-channel axis reads channels `[first, first +
+  size)` of its source's norms, so the norms of the whole source are computed
+  once for all its slices (`length` channels); a slice along a reduced axis is
+  a kernel of its own. `reduce_dims` is normalised (sorted, non-negative).
   None for anything else (a subclass, `l1_fraction > 0`, a shape not known
   statically), which is read through its properties.
   """
@@ -980,32 +985,19 @@ def _lasso_source(regularizer, size: int):
   reduce_dims = regularizer.reduce_dims
   if shape is None or shape.rank is None:
     return None
+  rank = shape.rank
   count = group_lasso_regularizer.reduced_count(shape, reduce_dims)
-  kept = [d for d in range(shape.rank)
-          if d not in {r % shape.rank for r in reduce_dims}]
+  dims = tuple(sorted({int(r) % rank for r in reduce_dims}))
+  kept = [d for d in range(rank) if d not in dims]
   if count is None or len(kept) != 1 or shape[kept[0]] != size:
     return None
-  return source, reduce_dims, count, float(threshold)
-
-
-def _lasso_kernel(source, reduce_dims) -> Tuple[Any, Tuple[int, ...], int, int]:
-  """(weights, reduce dims, first channel, channels) of a group-lasso source.
-
-  A `LazySlice` (or a chain of them) along the kept, output-channel axis reads
-  channels `[first, first + size)` of its source's norms: the norms of the
-  whole source are computed once for all its slices. A slice along a reduced
-  axis is a kernel of its own.
-  """
-  shape = lazy_evaluation.static_shape(source)
-  rank = shape.rank
-  dims = tuple(sorted(int(d) % rank for d in reduce_dims))
-  kept = next(d for d in range(rank) if d not in dims)
-  weights, begin = source, 0
+  weights, first = source, 0
   while isinstance(weights, lazy_evaluation.LazySlice) and (
-      weights.axis % rank == kept):
-    begin += weights.begin
+      weights.axis % rank == kept[0]):
+    first += weights.begin
     weights = weights.source
-  return weights, dims, begin, int(lazy_evaluation.static_shape(weights)[kept])
+  length = int(lazy_evaluation.static_shape(weights)[kept[0]])
+  return weights, dims, first, length, count, float(threshold)
 
 
 class CompiledCostCalculator(cost_calculator.CostCalculator):
