@@ -150,15 +150,19 @@ def sum_of_squares(weights: tf.Tensor, reduce_dims) -> tf.Tensor:
   custom gradient: cheaper than differentiating the stages, and defined where
   a block of rows is all zero). Other kernels are reduced in one op.
   """
-  shape = weights.shape
-  rank = shape.rank
-  if (rank is not None and rank >= 2 and shape.is_fully_defined()
-      and weights.dtype == tf.float32
-      and shape.num_elements() >= _MIN_STAGED_ELEMENTS
-      and sorted(d % rank for d in reduce_dims) == list(range(rank - 1))):
-    columns = int(shape[-1])
+  if weights.dtype == tf.float32 and _staged(weights.shape, reduce_dims):
+    columns = int(weights.shape[-1])
     return _column_sum_of_squares(tf.reshape(weights, [-1, columns]))
   return tf.reduce_sum(tf.square(weights), axis=reduce_dims)
+
+
+def _staged(shape: tf.TensorShape, reduce_dims) -> bool:
+  """Whether a kernel of `shape` is summed in stages: static, of rank >= 2,
+  reduced over all its axes but the last, `_MIN_STAGED_ELEMENTS` or more."""
+  rank = shape.rank
+  return (rank is not None and rank >= 2 and shape.is_fully_defined()
+          and shape.num_elements() >= _MIN_STAGED_ELEMENTS
+          and sorted(int(d) % rank for d in reduce_dims) == list(range(rank - 1)))
 
 
 def _row_factor(rows: int) -> Optional[int]:
@@ -236,8 +240,7 @@ def concat_sums_of_squares(kernels: Sequence[Tuple[tf.Tensor, Sequence[int]]]
       sizes.append(int(np.prod([shape[d] for d in range(rank)
                                 if d not in reduced])))
       factor = None
-      if (rank >= 2 and reduced == tuple(range(rank - 1))
-          and w.shape.num_elements() >= _MIN_STAGED_ELEMENTS):
+      if _staged(w.shape, reduced):
         rows = int(np.prod(shape[:-1]))
         factor = _row_factor(rows)
       if factor is None:
