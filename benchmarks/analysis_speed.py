@@ -18,7 +18,7 @@ checks the values agree; `--graph` times building cost and term for a
 ResNet-152 v1 graph in tf.compat.v1 mode, per-op vs compiled.
 
 Run: python benchmarks/analysis_speed.py [--all] [--per-op] [--graph]
-     [--record] [--models ResNet50 DenseNet201 ...] [--fit DenseNet201 [--batch 8]]
+     [--record] [--models ResNet50 DenseNet201 ...] [--fit DenseNet201 [--batch 8] [--steps 20]]
 """
 
 from __future__ import annotations
@@ -188,12 +188,16 @@ def measure_graph_mode() -> dict:
               speedup=per_op / compiled, rel_diff=diff)
 
 
-def measure_fit(name: str, size: int, steps: int = 5, batch: int = 1) -> dict:
+def measure_fit(name: str, size: int, steps: int = 20, batch: int = 1) -> dict:
   """Train-step time with and without the term (GammaFlops), batch `batch`.
 
   Two `tf.function` train steps (forward, loss, gradients) on the same model,
   one with `1e-9 * get_regularization_term()` added to the loss, called in
-  alternation; also a step computing only the term's gradients. Returns the
+  alternation `steps` times; the overhead is the median of the paired
+  differences (with - without, adjacent calls) over the median plain step.
+  Also a step computing only the term's gradients, returning one scalar (their
+  sum) as a train step keeps them in the graph: returning ~200 gradient
+  tensors from a function costs more than computing them. Returns the
   first-call (trace) and median step times.
   """
   import keras  # pylint: disable=g-import-not-at-top
@@ -221,7 +225,8 @@ def measure_fit(name: str, size: int, steps: int = 5, batch: int = 1) -> dict:
   def term_step():
     with tf.GradientTape() as tape:
       term = reg.get_regularization_term()
-    return [g for g in tape.gradient(term, variables) if g is not None]
+    return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(term, variables)
+                     if g is not None])
 
   functions = {'plain': tf.function(lambda: step(False)),
                'morph': tf.function(lambda: step(True)),
@@ -238,8 +243,13 @@ def measure_fit(name: str, size: int, steps: int = 5, batch: int = 1) -> dict:
       function()
       times[kind].append(time.perf_counter() - begin)
   median = {kind: statistics.median(t) for kind, t in times.items()}
+  differences = [m - p for m, p in zip(times['morph'], times['plain'])]
+  # Standard error of a median: ~1.2533 sigma / sqrt(n) (normal noise).
+  error = (1.2533 * statistics.stdev(differences) / len(differences)**0.5
+           if len(differences) > 1 else float('nan'))
   return dict(model=name, first=first, median=median,
-              overhead=median['morph'] / median['plain'] - 1,
+              overhead=statistics.median(differences) / median['plain'],
+              overhead_error=error / median['plain'],
               term_share=median['term'] / median['plain'])
 
 
@@ -267,6 +277,8 @@ def main():
                       help='batch size of the --fit train steps')
   parser.add_argument('--fit', metavar='MODEL',
                       help='train-step time with / without the term')
+  parser.add_argument('--steps', type=int, default=20,
+                      help='alternating train steps of --fit')
   parser.add_argument('--record', action='store_true',
                       help='append the rows to benchmarks/README.md')
   parser.add_argument('--one', help=argparse.SUPPRESS)
@@ -275,10 +287,11 @@ def main():
     print(json.dumps(measure_one(args.one, args.size, args.per_op)))
     return
   if args.fit:
-    f = measure_fit(args.fit, args.size, batch=args.batch)
+    f = measure_fit(args.fit, args.size, steps=args.steps, batch=args.batch)
     print(f'{f["model"]} train step (batch {args.batch}): plain {f["median"]["plain"]:.3f} s, '
-          f'with term {f["median"]["morph"]:.3f} s (overhead '
-          f'{100 * f["overhead"]:+.1f} %), term gradients alone '
+          f'with term {f["median"]["morph"]:.3f} s (overhead, median of '
+          f'{args.steps} paired differences: {100 * f["overhead"]:+.2f} '
+          f'± {100 * f["overhead_error"]:.2f} %), term gradients alone '
           f'{f["median"]["term"] * 1e3:.1f} ms ({100 * f["term_share"]:.2f} % of '
           f'a step); first call: plain {f["first"]["plain"]:.1f} s, with term '
           f'{f["first"]["morph"]:.1f} s, term gradients alone '
