@@ -36,6 +36,26 @@ ITERATION_LIMIT = 1000000
 STALL_WINDOW_MIN = 10000
 STALL_WINDOW_PER_OP = 10
 
+# Ops listed by name in a grouping error; the rest are counted by type.
+MAX_OPS_LISTED = 20
+
+
+def _describe_ops(ops) -> str:
+  """`ops` as "['name (Type)', ...]", at most MAX_OPS_LISTED named.
+
+  A stalled transformer lists hundreds of ops; past the limit the list ends
+  with the number left out and the count of every op type, which names the
+  types to give a handler.
+  """
+  ops = list(ops)
+  listed = [f'{op.name} ({op.type})' for op in ops[:MAX_OPS_LISTED]]
+  if len(ops) <= MAX_OPS_LISTED:
+    return str(listed)
+  by_type = collections.Counter(op.type for op in ops)
+  types = ', '.join(f'{kind} x{count}' for kind, count in by_type.most_common())
+  return (f'{listed} and {len(ops) - MAX_OPS_LISTED} more ({len(ops)} ops by '
+          f'type: {types})')
+
 
 class Slice(NamedTuple('Slice', [('start_index', int), ('size', int)])):
   """A contiguous range of channels: `[start_index, start_index + size)`."""
@@ -185,7 +205,7 @@ class OpRegularizerManager:
       stalled_count = stalled_count + 1 if new_marker == marker else 0
       marker = new_marker
     if iteration_count >= iteration_limit:
-      remaining = ['%s (%s)' % (op.name, op.type) for op in self._op_deque]
+      remaining = _describe_ops(self._op_deque)
       raise RuntimeError(
           f'OpRegularizerManager could not handle ops: {remaining}. It stopped '
           f'after iteration_limit={iteration_limit} handler calls. If the '
@@ -194,7 +214,7 @@ class OpRegularizerManager:
           'SplitV), register a handler for their type (e.g. LeafOpHandler) '
           'or move the input boundary past them.')
     if stalled_count >= stall_window:
-      remaining = ['%s (%s)' % (op.name, op.type) for op in self._op_deque]
+      remaining = _describe_ops(self._op_deque)
       raise RuntimeError(
           f'OpRegularizerManager could not handle ops: {remaining}. The '
           f'grouping made no progress in {stalled_count} handler calls (after '

@@ -19,6 +19,7 @@ a `tf.function`), reading the regularizers' vectors at that moment.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -35,6 +36,27 @@ FLOP_OPS = CONV_OPS + ('MatMul',)
 SUPPORTED_OPS = FLOP_OPS + (
     'Add', 'AddV2', 'AddN', 'ConcatV2', 'FusedBatchNorm', 'FusedBatchNormV2',
     'FusedBatchNormV3', 'Mul', 'Relu', 'Relu6', 'Sum')
+# Op types with FLOPs of their own but no cost function (attention's
+# projections and products: keras EinsumDense, MultiHeadAttention). They are
+# left out of the cost, as every unsupported op is; `_default_ops` warns once.
+UNCOSTED_FLOP_OPS = ('BatchMatMul', 'BatchMatMulV2', 'BatchMatMulV3', 'Einsum',
+                     'Conv', 'Conv3DBackpropInputV2')
+
+
+def _warn_uncosted(ops) -> None:
+  """Warns when `ops` has ops of `UNCOSTED_FLOP_OPS` (left out of the cost)."""
+  uncosted = sorted((op for op in ops if op.type in UNCOSTED_FLOP_OPS),
+                    key=lambda op: op.name)
+  if not uncosted:
+    return
+  by_type = collections.Counter(op.type for op in uncosted)
+  logging.warning(
+      'MorphNet cost: %d op(s) with FLOPs of their own have no cost function '
+      'and are left out of the cost (%s; e.g. %s). The cost undercounts the '
+      'network, and channels read only by these ops are priced at 0. Costed '
+      'types: %s.', len(uncosted),
+      ', '.join(f'{kind} x{count}' for kind, count in by_type.most_common()),
+      ', '.join(op.name for op in uncosted[:3]), ', '.join(FLOP_OPS))
 
 
 class CostCalculator:
@@ -55,6 +77,7 @@ class CostCalculator:
     # Eager whole-network evaluations run through one tf.function per kind
     # (cost / term): an eager loop over hundreds of ops costs ~100x more.
     self._compiled = {}
+    self._warned_uncosted = False
 
   # Not converted by AutoGraph inside a user's `tf.function` (plain Python
   # over a fixed op list: converting it only slows the trace, by seconds).
@@ -97,8 +120,11 @@ class CostCalculator:
     costed with their full channel counts.
     """
     ops = set(self._manager.ops)
-    ops.update(op for op in getattr(self._manager, 'crawled_ops', ())
-               if op.type in FLOP_OPS)
+    crawled = getattr(self._manager, 'crawled_ops', ())
+    ops.update(op for op in crawled if op.type in FLOP_OPS)
+    if not self._warned_uncosted:
+      self._warned_uncosted = True
+      _warn_uncosted(ops.union(crawled))
     return ops
 
   def _get_cost_or_regularization_term(self, is_regularization, ops):

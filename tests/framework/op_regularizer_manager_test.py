@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from unittest import mock
 
 import numpy as np
@@ -671,6 +673,38 @@ def test_stalled_grouping_hits_iteration_limit(mode):
   with pytest.raises(RuntimeError, match=r'OpRegularizerManager could not handle ops: '
                      r"\[.*'tile \(Tile\)'.*\]. .*iteration_limit=100"):
     orm.OpRegularizerManager([built.op('add')], handlers, iteration_limit=100)
+
+
+def test_stalled_grouping_error_summarises_many_ops(mode):
+  # 25 stalled Tile ops (as above): the error names MAX_OPS_LISTED ops, says
+  # how many more there are and counts every type.
+  branches = 25
+
+  def net(image, var):
+    outputs = []
+    for i in range(branches):
+      conv = _conv(image, var, f'conv{i}', 5, bn=True)
+      tiled = tf.tile(conv, [1, 1, 1, 2], name=f'tile{i}')
+      outputs.append(tf.add(tiled, _conv(image, var, f'conv_b{i}', 10, bn=True),
+                            name=f'add{i}'))
+    return tf.add_n(outputs, name='output')
+
+  built = graph_modes.build(mode, net, IMAGE_SHAPE)
+  handlers = _gamma_handlers()
+  handlers['Tile'] = grouping_op_handler.GroupingOpHandler()
+  with pytest.raises(RuntimeError) as raised:
+    orm.OpRegularizerManager([built.op('output')], handlers, iteration_limit=2000)
+  message = str(raised.value)
+  listed = re.search(r'could not handle ops: (\[.*?\]) and (\d+) more '
+                     r'\((\d+) ops by type: ([^)]*)\)', message)
+  assert listed, message
+  names = ast.literal_eval(listed.group(1))
+  assert len(names) == orm.MAX_OPS_LISTED
+  total = int(listed.group(3))
+  assert int(listed.group(2)) == total - orm.MAX_OPS_LISTED
+  counts = dict(item.rsplit(' x', 1) for item in listed.group(4).split(', '))
+  assert counts['Tile'] == str(branches)
+  assert sum(int(c) for c in counts.values()) == total
 
 
 @pytest.mark.parametrize('multiplier', [1, 2, 7])

@@ -154,6 +154,37 @@ def test_no_supported_op_gives_python_zero(caplog):
   assert calculator.get_regularization_term() == 0.0
 
 
+def test_ops_with_flops_but_no_cost_function_warn_once(caplog):
+  # Attention's batched matmul and einsum have FLOPs but no cost function: left
+  # out of the cost (as in the original), with one warning naming them.
+  graph = _stub_graph()
+  with graph.as_default():
+    tokens = tf.reshape(graph.get_tensor_by_name('relu:0'), [1, 20, 4])
+    tf.linalg.matmul(tokens, tf.ones([4, 6]), name='projection')
+    tf.einsum('bij,bkj->bik', tokens, tokens, name='scores')
+  ops = [graph.get_operation_by_name(name) for name in ('conv', 'relu')]
+  ops += [op for op in graph.get_operations()
+          if op.type in ('BatchMatMulV2', 'Einsum')]
+  assert sorted(op.type for op in ops[2:]) == ['BatchMatMulV2', 'Einsum']
+  calculator = cost_calculator.CostCalculator(
+      _FakeManager(ops, {}), resource_function.flop_function)
+  with caplog.at_level(logging.WARNING):
+    cost = _evaluate(graph, calculator.get_cost)
+    _evaluate(graph, calculator.get_cost)
+  # Only the conv: 2 * (4 * 5 positions) * (2 * 2 * 3 inputs) * 4 outputs.
+  assert cost == pytest.approx(2 * 20 * 12 * 4)
+  assert caplog.text.count('MorphNet cost:') == 1
+  assert '2 op(s) with FLOPs' in caplog.text
+  assert 'BatchMatMulV2 x1' in caplog.text and 'Einsum x1' in caplog.text
+
+  caplog.clear()
+  plain = cost_calculator.CostCalculator(
+      _FakeManager(ops[:2], {}), resource_function.flop_function)
+  with caplog.at_level(logging.WARNING):
+    _evaluate(graph, plain.get_cost)
+  assert 'MorphNet cost:' not in caplog.text
+
+
 def test_result_is_a_tensor_when_every_term_is_a_number():
   graph = _stub_graph()
   relu = graph.get_operation_by_name('relu')
