@@ -19,7 +19,14 @@ arguments:
   `f mod C` on both sides (as around the `MatMul` of a Keras `Dense` on a
   rank > 2 input: `Reshape -> MatMul -> Reshape`, a `Flatten` of a 1x1 map,
   or the reshapes of `UpSampling2D`); the original handled every `Reshape` as
-  a leaf.
+  a leaf;
+* `GatherV2` keeps the channels when it takes rows of an activation (any
+  axis but the last, or a permutation of the last that keeps its size, passed
+  through untracked as in the original); a lookup in a table (a variable or
+  constant: a Keras `Embedding`, a position embedding) starts new channels,
+  and so does a gather selecting another number of channels. The original
+  grouped every input of a gather, the token indices of an `Embedding` too,
+  so a text model waited forever.
 
 Grouped with its input although the sizes differ, such an op waited forever
 for a neighbour of another size, until the manager's iteration limit (a
@@ -124,6 +131,35 @@ def reshape_keeps_channels(op: tf.Operation) -> bool:
   buffer), however the other axes are merged or split.
   """
   in_shape, out_shape = op.inputs[0].shape, op.outputs[0].shape
+  if not in_shape.rank or not out_shape.rank:
+    return False
+  in_channels, out_channels = in_shape[-1], out_shape[-1]
+  return in_channels is not None and in_channels == out_channels
+
+
+# Ops whose output is a stored table rather than an activation.
+_TABLE_OP_TYPES = ('ReadVariableOp', 'VarHandleOp', 'VariableV2', 'Variable',
+                   'Const')
+
+
+def _is_table(tensor: tf.Tensor) -> bool:
+  """True if `tensor` is a variable or constant, read through identities."""
+  op = tensor.op
+  while op.type in ('Identity', 'Cast') and op.inputs:
+    op = op.inputs[0].op
+  return op.type in _TABLE_OP_TYPES
+
+
+def gather_keeps_channels(op: tf.Operation) -> bool:
+  """True if `GatherV2` takes rows of an activation and keeps its last dim.
+
+  False for a lookup in a table (embeddings), when the static last dims of
+  params and output differ (a selection of channels) or are unknown.
+  """
+  params = op.inputs[0]
+  if _is_table(params):
+    return False
+  in_shape, out_shape = params.shape, op.outputs[0].shape
   if not in_shape.rank or not out_shape.rank:
     return False
   in_channels, out_channels = in_shape[-1], out_shape[-1]

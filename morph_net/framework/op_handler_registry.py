@@ -37,9 +37,10 @@ UNKNOWN_OP_POLICIES = ('group', 'error')
 # Op types whose output channel i depends only on input channel i (activations,
 # element-wise arithmetic, pooling, reductions over other axes, padding, casts,
 # variable reads, ...). They are registered as `GroupingOpHandler()`, the
-# original's default, so that they do not count as unknown. `GatherV2` is kept
-# passthrough as in the original, although a gather on the channel axis
-# permutes channels without the permutation being tracked.
+# original's default, so that they do not count as unknown. (`GatherV2`, which
+# the original grouped with all its inputs, has its own rule in
+# `channel_axis_op_handler`: passthrough for rows of an activation, a leaf for
+# a table lookup such as an embedding.)
 CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     # Activations. Softmax / LogSoftmax normalize over the channel axis but
     # keep channel i at index i (they end classifier heads and attention).
@@ -66,8 +67,6 @@ CHANNEL_PRESERVING_OP_TYPES: Tuple[str, ...] = (
     'MirrorPad', 'SpaceToBatchND', 'BatchToSpaceND',
     # Normalization, when not a source.
     'FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3',
-    # Channel permutation (not tracked, as in the original).
-    'GatherV2',
     # Graph inputs, constants and variables.
     'Placeholder', 'PlaceholderWithDefault', 'Const', 'ReadVariableOp',
     'VarHandleOp', 'VariableV2',

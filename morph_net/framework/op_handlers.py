@@ -47,7 +47,7 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   for op_type in op_handler_registry.LEAF_OP_TYPES:
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
   # Beyond the original (see the modules): reductions, Tile, ExpandDims,
-  # Squeeze and Reshape keep their channels only for some axes (a Conv1D is
+  # Squeeze, Reshape and GatherV2 keep their channels only for some axes (a Conv1D is
   # `ExpandDims -> Conv2D -> Squeeze`, a Dense on a rank > 2 input
   # `Reshape -> MatMul -> Reshape`); a channel split is the mirror of a
   # concat; Pack stacks along a new axis; a function call hides its ops; a
@@ -64,6 +64,12 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
       channel_axis_op_handler.squeeze_keeps_channels)
   handlers['Reshape'] = channel_axis_op_handler.ChannelAxisOpHandler(
       channel_axis_op_handler.reshape_keeps_channels)
+  # A gather keeps the channels of an activation it takes rows of; an
+  # embedding lookup (GatherV2 on a variable read, or ResourceGather on the
+  # variable itself) starts new ones.
+  handlers['GatherV2'] = channel_axis_op_handler.ChannelAxisOpHandler(
+      channel_axis_op_handler.gather_keeps_channels)
+  handlers['ResourceGather'] = leaf_op_handler.LeafOpHandler()
   handlers['StridedSlice'] = strided_slice_op_handler.StridedSliceOpHandler()
   for op_type in split_op_handler.SPLIT_OP_TYPES:
     handlers[op_type] = split_op_handler.SplitOpHandler()

@@ -1,8 +1,9 @@
 """Tests for ops that keep their channels only for some axes (beyond the original).
 
-ExpandDims / Squeeze around the Conv2D of a 1-D convolution, and a Reshape
-that keeps the last axis (around the MatMul of a Dense on a rank > 2 input),
-carry channels; the cost of such networks with dead channels equals an
+ExpandDims / Squeeze around the Conv2D of a 1-D convolution, a Reshape that
+keeps the last axis (around the MatMul of a Dense on a rank > 2 input) and a
+gather of rows of an activation carry channels; an embedding lookup starts new
+ones; the cost of such networks with dead channels equals an
 independent count.
 """
 
@@ -47,6 +48,20 @@ def test_predicates():
     assert cah.reshape_keeps_channels(tf.reshape(z, [2, 9, 4]).op)
     assert not cah.reshape_keeps_channels(tf.reshape(z, [2, 36]).op)
     assert not cah.reshape_keeps_channels(tf.reshape(z, [2, 3, 12]).op)
+    # GatherV2: rows of an activation (any axis but the last, or a same-size
+    # permutation of the last) keep the channels; a table lookup or a
+    # selection of another number of channels does not.
+    a = tf.compat.v1.placeholder(tf.float32, [2, 5, 4])
+    assert cah.gather_keeps_channels(tf.gather(a, [4, 0, 2], axis=1).op)
+    assert cah.gather_keeps_channels(tf.gather(a, [1, 0], axis=0).op)
+    assert cah.gather_keeps_channels(tf.gather(a, [3, 2, 1, 0], axis=2).op)
+    assert not cah.gather_keeps_channels(tf.gather(a, [3, 1], axis=2).op)
+    ids = tf.compat.v1.placeholder(tf.int32, [2, 7])
+    table = tf.Variable(np.ones([10, 4], np.float32))
+    assert not cah.gather_keeps_channels(tf.gather(table.read_value(), ids).op)
+    assert not cah.gather_keeps_channels(tf.gather(tf.ones([10, 4]), ids).op)
+    unknown = tf.compat.v1.placeholder(tf.float32, [2, 5, None])
+    assert not cah.gather_keeps_channels(tf.gather(unknown, [0], axis=1).op)
 
 
 def _conv1d_net(gamma1, gamma2, dilation):
@@ -88,6 +103,37 @@ def test_group_lasso_on_conv1d(mode):
   # kernels: sqrt(mean over (k, C_in) of 1) = 1 per channel.
   vector = built.evaluate(lambda: manager.get_regularizer(conv).regularization_vector)
   np.testing.assert_allclose(vector, np.ones(4))
+
+
+def _text_net(gamma1, gamma2):
+  """ids [1, 16] -> embedding (20 x 5) -> conv1d (5 -> 6, k=3) -> BN -> Relu ->
+  conv1d (6 -> 4, k=3) -> BN -> conv1d (4 -> 2, k=1)."""
+  def net(image, var):
+    ids = tf.cast(image[..., 0], tf.int32, name='ids')
+    x = tf.gather(var('table', np.ones([20, 5])), ids, name='embedding')
+    x = tf.nn.conv1d(x, var('w1', np.ones([3, 5, 6])), 1, 'SAME', name='c1')
+    x = tf.nn.relu(_bn(x, var, 'bn1', gamma1))
+    x = tf.nn.conv1d(x, var('w2', np.ones([3, 6, 4])), 1, 'SAME', name='c2')
+    x = _bn(x, var, 'bn2', gamma2)
+    return tf.nn.conv1d(x, var('w3', np.ones([1, 4, 2])), 1, 'SAME', name='c3')
+  return net
+
+
+def test_embedding_starts_new_channels(mode):
+  # The lookup's output channels come from the table, not from the token ids
+  # (grouped with them, the text model never finished grouping).
+  gamma1 = np.array([1., 0., 1., 0., 1., 1.])  # 4 alive
+  gamma2 = np.array([0., 1., 1., 0.])  # 2 alive
+  built = graph_modes.build(mode, _text_net(gamma1, gamma2), [1, 16, 3])
+  reg = flop_regularizer.GammaFlopsRegularizer([built.output.op], _THRESHOLD)
+  # 2 * L * K * A_in * A_out, L = 16: c1 reads all 5 embedding channels.
+  expected = 2 * 16 * 3 * 5 * 4 + 2 * 16 * 3 * 4 * 2 + 2 * 16 * 1 * 2 * 2
+  assert built.evaluate(reg.get_cost) == pytest.approx(expected)
+  # tf.gather on a resource variable is a ResourceGather; on a read value
+  # (as in Keras' traced Embedding) a GatherV2: both start new channels.
+  embedding = built.op('embedding')
+  assert embedding.type == 'ResourceGather'
+  assert reg.op_regularizer_manager.get_regularizer(embedding) is None
 
 
 def _dense_net(gamma):

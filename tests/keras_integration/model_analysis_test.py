@@ -236,6 +236,27 @@ def test_group_lasso_needs_no_batch_norm():
   assert float(reg.get_cost()) == pytest.approx(C3X3 * 3 * 4)
 
 
+def test_text_model_with_embedding():
+  # Embedding -> Conv1D -> BN -> ReLU -> Conv1D -> BN -> ReLU -> global max
+  # pool -> Dense: the lookup starts new channels (its 6 are never pruned);
+  # grouped with the token ids, as an unknown op, it stalled the analysis.
+  inputs = keras.Input((8,), dtype='int32')
+  x = layers.Embedding(50, 6, name='embedding')(inputs)
+  x = layers.Conv1D(4, 3, padding='same', name='c1')(x)
+  x = layers.ReLU()(layers.BatchNormalization(name='bn1')(x))
+  x = layers.Conv1D(5, 3, padding='same', name='c2')(x)
+  x = layers.ReLU()(layers.BatchNormalization(name='bn2')(x))
+  x = layers.GlobalMaxPooling1D()(x)
+  model = keras.Model(inputs, layers.Dense(3, name='head')(x))
+  _set_gamma(model, 'bn1', [1.0, 0.0, 1.0, 0.0])  # 2 alive
+  _set_gamma(model, 'bn2', [0.0, 1.0, 1.0, 1.0, 0.0])  # 3 alive
+  reg = flop_regularizer.GammaFlopsRegularizer.from_keras_model(model, THRESHOLD)
+  assert [op.type for op in _ops_of_layer(reg, 'embedding')
+          if 'Gather' in op.type] == ['GatherV2']
+  # Conv1D (k 3, length 8): 48 * A_in * A_out; Dense: 2 * A_in * 3.
+  assert float(reg.get_cost()) == pytest.approx(48 * 6 * 2 + 48 * 2 * 3 + 2 * 3 * 3)
+
+
 def test_boundary_ops_are_rejected_as_keywords():
   model = _source_model('conv2d')
   with pytest.raises(TypeError, match=r'use input_layers=\[\.\.\.\] instead of '
