@@ -47,8 +47,8 @@ def _get_base_op_hander_dicts() -> op_handler_registry.OpHandlerDict:
   for op_type in op_handler_registry.LEAF_OP_TYPES:
     handlers[op_type] = leaf_op_handler.LeafOpHandler()
   # Beyond the original (see the modules): reductions, Tile, ExpandDims,
-  # Squeeze, Reshape and GatherV2 keep their channels only for some axes (a Conv1D is
-  # `ExpandDims -> Conv2D -> Squeeze`, a Dense on a rank > 2 input
+  # Squeeze, Reshape and GatherV2 keep their channels only for some axes (a
+  # Conv1D is `ExpandDims -> Conv2D -> Squeeze`, a Dense on a rank > 2 input
   # `Reshape -> MatMul -> Reshape`); a channel split is the mirror of a
   # concat; Pack stacks along a new axis; a function call hides its ops; a
   # StridedSlice that crops only other axes (Cropping2D) keeps the channels

@@ -62,8 +62,9 @@ def test_base_handlers(get_dict):
                   'TensorArrayGatherV3') + op_handler_registry.LEAF_OP_TYPES:
     assert type(handlers[op_type]) is leaf_op_handler.LeafOpHandler
   # Beyond the original: these keep their channels only for some axes.
-  for op_type in ('ExpandDims', 'Squeeze', 'Reshape'):
+  for op_type in ('ExpandDims', 'Squeeze', 'Reshape', 'GatherV2'):
     assert type(handlers[op_type]) is channel_axis_op_handler.ChannelAxisOpHandler
+  assert type(handlers['ResourceGather']) is leaf_op_handler.LeafOpHandler
   assert type(handlers['StridedSlice']) is strided_slice_op_handler.StridedSliceOpHandler
   for op_type in ('Split', 'SplitV'):
     assert type(handlers[op_type]) is split_op_handler.SplitOpHandler
