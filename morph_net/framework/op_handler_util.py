@@ -10,6 +10,7 @@ Vocabulary used below:
 
 from __future__ import annotations
 
+import collections
 import re
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -35,6 +36,12 @@ WEIGHTS_INDEX_DICT: Dict[str, int] = {
 
 # Ops already warned about for a statically unknown channel dimension.
 _ops_with_unknown_size = weakref.WeakSet()
+
+
+def op_type_counts(ops: Sequence[tf.Operation]) -> str:
+  """`ops` counted by type, most frequent first: 'AddV2 x10, Mul x5'."""
+  counts = collections.Counter(op.type for op in ops)
+  return ', '.join(f'{kind} x{count}' for kind, count in counts.most_common())
 
 
 def get_input_ops(op: tf.Operation, op_reg_manager: Any,

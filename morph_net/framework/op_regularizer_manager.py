@@ -51,10 +51,8 @@ def _describe_ops(ops) -> str:
   listed = [f'{op.name} ({op.type})' for op in ops[:MAX_OPS_LISTED]]
   if len(ops) <= MAX_OPS_LISTED:
     return str(listed)
-  by_type = collections.Counter(op.type for op in ops)
-  types = ', '.join(f'{kind} x{count}' for kind, count in by_type.most_common())
   return (f'{listed} and {len(ops) - MAX_OPS_LISTED} more ({len(ops)} ops by '
-          f'type: {types})')
+          f'type: {op_handler_util.op_type_counts(ops)})')
 
 
 class Slice(NamedTuple('Slice', [('start_index', int), ('size', int)])):

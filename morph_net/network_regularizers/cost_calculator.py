@@ -19,7 +19,6 @@ a `tf.function`), reading the regularizers' vectors at that moment.
 
 from __future__ import annotations
 
-import collections
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
@@ -27,6 +26,7 @@ import tensorflow as tf
 
 from morph_net.framework import concat_and_slice_regularizers
 from morph_net.framework import lazy_evaluation
+from morph_net.framework import op_handler_util
 from morph_net.framework import split_op_handler
 
 CONV2D_OPS = ('Conv2D', 'Conv2DBackpropInput', 'DepthwiseConv2dNative')
@@ -49,13 +49,12 @@ def _warn_uncosted(ops) -> None:
                     key=lambda op: op.name)
   if not uncosted:
     return
-  by_type = collections.Counter(op.type for op in uncosted)
   logging.warning(
       'MorphNet cost: %d op(s) with FLOPs of their own have no cost function '
       'and are left out of the cost (%s; e.g. %s). The cost undercounts the '
       'network, and channels read only by these ops are priced at 0. Costed '
       'types: %s.', len(uncosted),
-      ', '.join(f'{kind} x{count}' for kind, count in by_type.most_common()),
+      op_handler_util.op_type_counts(uncosted),
       ', '.join(op.name for op in uncosted[:3]), ', '.join(FLOP_OPS))
 
 
