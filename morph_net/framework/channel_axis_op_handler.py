@@ -39,7 +39,7 @@ is a new group) when it does not or when the arguments are not constants.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -52,11 +52,18 @@ REDUCTION_OP_TYPES = ('Mean', 'Sum', 'Max', 'Min', 'Prod', 'All', 'Any',
                       'EuclideanNorm')
 
 
+def _producer(tensor: tf.Tensor, through: Tuple[str, ...] = ('Identity',)
+              ) -> tf.Operation:
+  """The op producing `tensor`, looking through ops of the types `through`."""
+  op = tensor.op
+  while op.type in through and op.inputs:
+    op = op.inputs[0].op
+  return op
+
+
 def constant_value(tensor: tf.Tensor) -> Optional[np.ndarray]:
   """The value of `tensor` if a `Const` op produces it, else None."""
-  op = tensor.op
-  while op.type == 'Identity':
-    op = op.inputs[0].op
+  op = _producer(tensor)
   if op.type != 'Const':
     return None
   return tf.make_ndarray(op.get_attr('value'))
@@ -144,10 +151,7 @@ _TABLE_OP_TYPES = ('ReadVariableOp', 'VarHandleOp', 'VariableV2', 'Variable',
 
 def _is_table(tensor: tf.Tensor) -> bool:
   """True if `tensor` is a variable or constant, read through identities."""
-  op = tensor.op
-  while op.type in ('Identity', 'Cast') and op.inputs:
-    op = op.inputs[0].op
-  return op.type in _TABLE_OP_TYPES
+  return _producer(tensor, ('Identity', 'Cast')).type in _TABLE_OP_TYPES
 
 
 def gather_keeps_channels(op: tf.Operation) -> bool:
