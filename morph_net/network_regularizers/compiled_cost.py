@@ -1069,18 +1069,11 @@ class CompiledCostCalculator(cost_calculator.CostCalculator):
         # Group-lasso norms (a pass over every kernel) dominate each call and
         # tracing: one function gives both the cost and the term, so the
         # first call of either traces once and the other is ready.
-        function = eager_functions.get('both')
-        if function is None:
-          function = tf.function(program.build_both,
-                                 autograph=False).get_concrete_function()
-          eager_functions['both'] = function
+        function = _concrete_function(eager_functions, 'both',
+                                      program.build_both)
         return function()[int(is_regularization)]
-      function = eager_functions.get(is_regularization)
-      if function is None:
-        function = tf.function(lambda: program.build(is_regularization),
-                               autograph=False).get_concrete_function()
-        eager_functions[is_regularization] = function
-      return function()
+      return _concrete_function(eager_functions, is_regularization,
+                                lambda: program.build(is_regularization))()
     graph = tf.compat.v1.get_default_graph()
     if getattr(graph, 'building_function', False):
       return program.build(is_regularization)
@@ -1091,6 +1084,16 @@ class CompiledCostCalculator(cost_calculator.CostCalculator):
     value = program.build(is_regularization)
     graph_cache[is_regularization] = (weakref.ref(graph), value)
     return value
+
+
+def _concrete_function(cache: Dict[Any, Any], key: Any,
+                       build: Callable[[], Any]) -> Any:
+  """`cache[key]`, else `build` traced once into a concrete function there."""
+  function = cache.get(key)
+  if function is None:
+    function = tf.function(build, autograph=False).get_concrete_function()
+    cache[key] = function
+  return function
 
 
 def compiled_op_counts(calculator: CompiledCostCalculator) -> Dict[str, int]:
